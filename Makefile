@@ -1,0 +1,23 @@
+# `make run`: set up .venv and run the DVC pipeline; `make test`: set up and run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch installed when .venv has none. A torch already in .venv is kept (and pinned, so no
+# other install replaces it): install the build you want there first.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup run test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -c $(VENV)/torch-constraint.txt -e ".[test]"
+	touch $@
+
+run: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

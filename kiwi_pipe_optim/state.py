@@ -1,0 +1,118 @@
+"""Saving and restoring optimizer (and scheduler) state without unpickling arbitrary objects.
+
+OpenKiwi's ``load`` unpickled whatever file it was given, which runs any code the file carries.
+Here a state file is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
+plain containers, and its layout is checked before anything is restored.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, Problem
+
+FORMAT = "kiwi-pipe-optim/optimizer-state"
+VERSION = 1
+
+
+def save_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+               class_name: str | None = None) -> Path:
+    """Write the optimizer (and scheduler) state where ``optimizer.load`` can resume from it.
+
+    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+
+    Example:
+        >>> import torch, tempfile, os
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> p = save_state(os.path.join(tempfile.mkdtemp(), "state.pt"), opt)
+    """
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class_name": class_name,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any]:
+    """Read a state file safely; return ``{"optimizer": ..., "scheduler": ..., "class_name": ...}``.
+
+    A plain ``torch.save(optimizer.state_dict())`` file is accepted too (without scheduler state).
+
+    Raises:
+        ConfigError: missing or unreadable file, a file that would need arbitrary code to load,
+            or one that holds no optimizer state.
+    """
+    shown = f"'{path}'"
+    if not Path(path).is_file():
+        raise ConfigError(Problem(field, f"{shown} does not exist; give a file written by kiwi_pipe_optim.save_state"))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(Problem(
+            field, f"{shown} was refused: it holds Python objects that could run code when loaded "
+            f"({first[:120]}); only files written by save_state or torch.save(optimizer.state_dict()) load",
+        )) from None
+    except Exception as e:  # not a torch file at all: truncated, text, another format
+        raise ConfigError(Problem(
+            field, f"{shown} is not a saved optimizer state ({type(e).__name__}); "
+            f"give a file written by kiwi_pipe_optim.save_state",
+        )) from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        state = data
+    elif isinstance(data, dict) and {"state", "param_groups"} <= set(data):
+        state = {"optimizer": data, "scheduler": None, "class_name": None}
+    else:
+        raise ConfigError(Problem(
+            field, f"{shown} holds no optimizer state (expected a file written by save_state); "
+            f"give a file written by kiwi_pipe_optim.save_state",
+        ))
+    optimizer_state = state.get("optimizer")
+    if not isinstance(optimizer_state, dict) or not {"state", "param_groups"} <= set(optimizer_state):
+        raise ConfigError(Problem(field, f"{shown} has a damaged optimizer state; save it again with save_state"))
+    return state
+
+
+def load_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+               class_name: str | None = None, field: str = "optimizer.load") -> None:
+    """Restore what :func:`save_state` wrote into a freshly built optimizer (and scheduler).
+
+    Raises:
+        ConfigError: see :func:`read_state`; also when the state belongs to another optimizer
+            or to a model with other parameters.
+    """
+    state = read_state(path, field)
+    saved = state.get("class_name")
+    if saved and class_name and saved != class_name:
+        raise ConfigError(Problem(
+            field, f"'{path}' holds {saved} state, but optimizer.class_name is {class_name}; "
+            f"use the same optimizer or start without load",
+        ))
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(Problem(
+            field, f"'{path}' does not fit this model's parameters ({str(e).splitlines()[0][:160]}); "
+            f"resume with the model it was saved from, or start without load",
+        )) from None
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    """Write a params.yaml text into a temp dir and return its path."""
+
+    def write(text: str, name: str = "params.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _git_identity(monkeypatch):
+    for key, value in {
+        "GIT_AUTHOR_NAME": "kiwi test", "GIT_AUTHOR_EMAIL": "test@kiwi.invalid",
+        "GIT_COMMITTER_NAME": "kiwi test", "GIT_COMMITTER_EMAIL": "test@kiwi.invalid",
+    }.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
