@@ -384,11 +384,12 @@ class OptimizerConfig(BaseModel):
                 "warmup_steps", f"required by the {schedule} schedule; use a step count such as 4000"
             ))
         if self.warmup_steps is not None and not schedule_spec.uses_warmup:
-            problems.append(Problem(
-                "warmup_steps",
-                f"{show(self.warmup_steps)} is not used by the {schedule} schedule; remove it or choose a "
-                f"schedule with warm-up: {choices(n for n, s in SCHEDULE_SPECS.items() if s.uses_warmup)}",
-            ))
+            # Safe to ignore, and common after `dvc exp run -S optimizer.class_name=...`: warn only.
+            logger.warning(
+                "optimizer.warmup_steps: %s is not used by the %s schedule; remove it or choose a schedule "
+                "with warm-up: %s", show(self.warmup_steps), schedule,
+                choices(n for n, s in SCHEDULE_SPECS.items() if s.uses_warmup),
+            )
         if (
             isinstance(self.warmup_steps, int)
             and self.training_steps is not None

@@ -221,8 +221,10 @@ def test_noam_needs_warmup():
     ]
 
 
-def test_warmup_on_a_schedule_without_one():
-    assert problems(class_name="adam", learning_rate=1e-3, learning_rate_decay=0.5, warmup_steps=10) == [
+def test_warmup_on_a_schedule_without_one_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="kiwi_pipe_optim"):
+        parse(class_name="adam", learning_rate=1e-3, learning_rate_decay=0.5, warmup_steps=10)
+    assert caplog.messages == [
         "optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a schedule with "
         "warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"
     ]

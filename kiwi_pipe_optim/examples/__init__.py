@@ -1,0 +1,1 @@
+"""Ready-made tasks for the training stage; the default one needs no download."""

@@ -1,0 +1,123 @@
+"""The default task: scikit-learn's bundled handwritten digits (1,797 images of 8x8 pixels).
+
+The data ship inside scikit-learn, so the pipeline runs offline. The classifiers keep their
+feature extractor in an ``encoder`` submodule, so ``encoder_learning_rate`` has something to
+apply to, and expose ``model_size`` (d_model) for the noam schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..integrations.lightning import KiwiOptimizers
+
+
+class DigitsDataModule:
+    """Train/validation split of the digits, as rows of pixels (8 tokens of 8 features).
+
+    A plain class with ``setup``/``train_dataloader``/``val_dataloader``: the stage hands its
+    loaders to whichever Lightning flavor the model uses.
+    """
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, limit: int | None = None):
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.init_args.val_fraction: {val_fraction!r} is outside (0, 1); use e.g. 0.2")
+        if batch_size < 1:
+            raise ValueError(f"data.init_args.batch_size: {batch_size!r} is below 1; use e.g. 64")
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.limit = limit
+        self.train: TensorDataset | None = None
+        self.val: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32) / 16.0
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        if self.limit:
+            order = order[: self.limit]
+        n_val = max(1, int(round(len(order) * self.val_fraction)))
+        val, train = order[:n_val], order[n_val:]
+        self.train = TensorDataset(images[train], labels[train])
+        self.val = TensorDataset(images[val], labels[val])
+
+    @property
+    def train_size(self) -> int:
+        self.setup()
+        return len(self.train)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.val, batch_size=256)
+
+
+class _Classifier(KiwiOptimizers, L.LightningModule):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
+
+
+class DigitsTransformer(_Classifier):
+    """A small Transformer encoder over the 8 pixel rows, mean-pooled, then a linear head."""
+
+    def __init__(self, d_model: int = 32, nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 64,
+                 dropout: float = 0.1, num_classes: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_size = d_model
+        self.encoder = _RowEncoder(d_model, nhead, num_layers, dim_feedforward, dropout)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images).mean(dim=1))
+
+
+class _RowEncoder(nn.Module):
+    def __init__(self, d_model: int, nhead: int, num_layers: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Linear(8, d_model)
+        self.position = nn.Parameter(torch.zeros(8, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+        self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.embed(images) + self.position)
+
+
+class DigitsMLP(_Classifier):
+    """A two-layer perceptron on the 64 pixels; its hidden layers are the ``encoder``."""
+
+    def __init__(self, hidden: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_size = hidden
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))

@@ -1,0 +1,1 @@
+"""Glue to the tools around the core: Lightning, MLflow and the DVC stage. Imported on demand."""

@@ -1,0 +1,182 @@
+"""Lightning glue that works with both import names of the project.
+
+``lightning.pytorch`` and ``pytorch_lightning`` ship the same classes under two names, and a
+Trainer of one refuses modules and callbacks of the other. Everything here therefore looks at
+which one the user's module derives from, and builds the trainer and callbacks from that one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from types import ModuleType
+from typing import Any, Callable
+
+import torch
+
+from ..config import OptimizerConfig, ResolvedSchedule
+from ..optimizers import from_config, resolve_for
+from ..param_groups import group_names
+
+FLAVORS = ("lightning.pytorch", "pytorch_lightning")
+
+
+def flavor_of(obj: Any) -> ModuleType:
+    """The Lightning package (``lightning.pytorch`` or ``pytorch_lightning``) a module (or its
+    class) derives from.
+
+    Raises:
+        TypeError: it is no LightningModule of either.
+    """
+    klass = obj if isinstance(obj, type) else type(obj)
+    for cls in klass.__mro__:
+        module = cls.__module__ or ""
+        for name in FLAVORS:
+            if module == name or module.startswith(name + "."):
+                flavor = importlib.import_module(name)
+                if issubclass(klass, flavor.LightningModule):
+                    return flavor
+    raise TypeError(
+        f"{klass.__module__}.{klass.__qualname__} is not a LightningModule; derive it from "
+        f"lightning.pytorch.LightningModule or pytorch_lightning.LightningModule"
+    )
+
+
+def run_step_count(trainer: Any) -> int | None:
+    """Optimizer steps the trainer will run (epochs, accumulation and devices counted), if finite."""
+    if trainer is None:
+        return None
+    steps = trainer.estimated_stepping_batches
+    return int(steps) if steps is not None and math.isfinite(steps) else None
+
+
+def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "encoder") -> Any:
+    """What ``LightningModule.configure_optimizers`` should return for ``config``.
+
+    ``training_steps`` left unset becomes what the attached trainer will actually step. The noam
+    model size is the module's ``model_size`` attribute when it has one. The resolved schedule is
+    kept on the module (``kiwi_resolved``) for loggers.
+
+    Example:
+        >>> class Model(L.LightningModule):  # doctest: +SKIP
+        ...     def configure_optimizers(self):
+        ...         return configure_optimizers(self, self.hparams.optimizer)
+    """
+    steps = run_step_count(getattr(module, "_trainer", None))
+    model_size = getattr(module, "model_size", None)
+    module.kiwi_resolved = resolve_for(config, module, training_data_size=steps, model_size=model_size)
+    return from_config(config, module, model_size=model_size, training_data_size=steps)
+
+
+class KiwiOptimizers:
+    """Mixin giving a LightningModule a ``configure_optimizers`` built from ``optimizer_config``.
+
+    Example:
+        >>> class Model(KiwiOptimizers, L.LightningModule): ...  # doctest: +SKIP
+        >>> model.optimizer_config = load_config("params.yaml")  # doctest: +SKIP
+    """
+
+    optimizer_config: OptimizerConfig | None = None
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_config is None:
+            raise RuntimeError(f"{type(self).__name__}.optimizer_config is not set; assign an OptimizerConfig before fit")
+        return configure_optimizers(self, self.optimizer_config)
+
+
+def attach_config(module: Any, config: OptimizerConfig) -> bool:
+    """Make ``module`` build its optimizer from ``config``; False if it insists on its own.
+
+    Modules with the :class:`KiwiOptimizers` mixin get the config; modules that do not define
+    ``configure_optimizers`` get ours; a module with its own is left alone.
+    """
+    if isinstance(module, KiwiOptimizers):
+        module.optimizer_config = config
+        return True
+    flavor = flavor_of(module)
+    if type(module).configure_optimizers is flavor.LightningModule.configure_optimizers:
+        module.configure_optimizers = lambda: configure_optimizers(module, config)
+        return True
+    return False
+
+
+class _StepRecorder:
+    """Records the LR of every param group at every optimizer step, the loss per step and the
+    validation metrics per epoch, and hands them to ``sink(key, value, step)``; ``flush`` is
+    called at epoch end, at the end of fit and on failure."""
+
+    def __init__(self, sink: Callable[[str, float, int], None] | None = None,
+                 flush: Callable[[], None] | None = None,
+                 on_resolved: Callable[[ResolvedSchedule], None] | None = None):
+        super().__init__()
+        self.sink = sink
+        self.flush = flush
+        self.on_resolved = on_resolved
+        self.lr_history: list[tuple[int, dict[str, float]]] = []
+        self.loss_history: list[tuple[int, float]] = []
+        self.val_history: list[tuple[int, int, dict[str, float]]] = []
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._logged_step = -1
+
+    def _emit(self, key: str, value: float, step: int) -> None:
+        if self.sink is not None:
+            self.sink(key, value, step)
+
+    def _flush(self) -> None:
+        if self.flush is not None:
+            self.flush()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        resolved = getattr(pl_module, "kiwi_resolved", None)
+        if resolved is not None and self.on_resolved is not None and trainer.is_global_zero:
+            self.on_resolved(resolved)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        lrs = {}
+        for name, group in zip(group_names(optimizer), optimizer.param_groups):
+            lrs[name] = float(group["lr"])
+            self._emit(f"lr/{name}", lrs[name], step)
+        self.lr_history.append((step, lrs))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss_sum += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            self._loss_count += 1
+        step = trainer.global_step - 1  # the optimizer step this batch completed, if any
+        if step > self._logged_step and self._loss_count:
+            if trainer.is_global_zero:
+                value = self._loss_sum / self._loss_count
+                self.loss_history.append((step, value))
+                self._emit("train_loss", value, step)
+            self._loss_sum, self._loss_count, self._logged_step = 0.0, 0, step
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items()
+            if k.startswith("val") and isinstance(v, (torch.Tensor, float, int)) and torch.as_tensor(v).numel() == 1
+        }
+        self.val_history.append((trainer.global_step, trainer.current_epoch, metrics))
+        for key, value in metrics.items():
+            self._emit(key, value, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._flush()
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._flush()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._flush()
+
+
+def step_recorder(flavor: ModuleType, **kwargs: Any) -> Any:
+    """A :class:`_StepRecorder` that is a ``Callback`` of the given Lightning flavor."""
+    cls = type("StepRecorder", (_StepRecorder, flavor.Callback), {"__module__": __name__})
+    return cls(**kwargs)

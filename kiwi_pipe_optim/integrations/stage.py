@@ -1,0 +1,306 @@
+"""The training stage: params.yaml in; a Lightning fit, an MLflow run and DVC outputs out.
+
+Order matters for "nothing lost": every params group is validated (and every class imported)
+before MLflow or training starts, outputs are written only when training has finished, each by
+a rename, and the MLflow run always ends FINISHED, FAILED or KILLED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib
+import inspect
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ResolvedSchedule
+from ..errors import ConfigError, Problem, did_you_mean
+from ..stage_params import ImportedParams, StageParams, load_stage_params
+from . import lightning as kl
+
+logger = logging.getLogger("kiwi_pipe_optim")
+
+METRICS_FILE = "metrics.json"
+LR_PLOT = "plots/lr.csv"
+LOSS_PLOT = "plots/loss.csv"
+
+
+def repository_root() -> Path:
+    """The DVC repository the stage belongs to. Queued experiments run in a temporary copy,
+    but DVC points ``DVC_ROOT`` at the original, where the MLflow store lives."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def import_class(spec: ImportedParams, section: str) -> type:
+    module_name, _, class_name = spec.class_path.replace(":", ".").rpartition(".") if ":" not in spec.class_path \
+        else spec.class_path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(Problem(f"{section}.class_path", f"cannot import '{module_name}' ({e}); "
+                                  f"give 'package.module:ClassName' importable from the repository root")) from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        names = [n for n in dir(module) if isinstance(getattr(module, n), type)]
+        raise ConfigError(Problem(f"{section}.class_path", f"'{module_name}' has no class '{class_name}'"
+                                  f"{did_you_mean(class_name, names)}")) from None
+
+
+def check_init_args(cls: type, spec: ImportedParams, section: str) -> None:
+    """Unknown keyword arguments fail here, before a run is started, not in the constructor."""
+    accepted = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return
+    unknown = [k for k in spec.init_args if k not in accepted]
+    if unknown:
+        raise ConfigError([
+            Problem(f"{section}.init_args.{k}", f"not an argument of {cls.__name__}"
+                    f"{did_you_mean(k, accepted)}; it accepts: {', '.join(accepted)}")
+            for k in unknown
+        ])
+
+
+def instantiate(cls: type, spec: ImportedParams, section: str) -> Any:
+    try:
+        return cls(**spec.init_args)
+    except (TypeError, ValueError) as e:
+        message = str(e).splitlines()[0]
+        if message.startswith(f"{section}."):
+            raise ConfigError(Problem("", message)) from None
+        raise ConfigError(Problem(f"{section}.init_args", f"{cls.__name__} refused them: {message}")) from None
+
+
+def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any]) -> dict[str, Any]:
+    given = params.trainer.trainer_kwargs()
+    accepted = inspect.signature(flavor.Trainer.__init__).parameters
+    unknown = [k for k in given if k not in accepted]
+    if unknown:
+        raise ConfigError([
+            Problem(f"trainer.{k}", f"not an argument of {flavor.__name__}.Trainer{did_you_mean(k, accepted)}")
+            for k in unknown
+        ])
+    kwargs = {"deterministic": True, **given}
+    kwargs.update(logger=False, enable_checkpointing=False, callbacks=callbacks)
+    return kwargs
+
+
+def params_sha256(raw: dict[str, Any]) -> str:
+    """A digest of the params' values, independent of the file's formatting and key order."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def run_tags(params: StageParams, flavor: Any) -> dict[str, str]:
+    tags = {
+        "mlflow.source.name": "stages/train.py",
+        "params.sha256": params_sha256(params.raw),
+        "kiwi.lightning_flavor": flavor.__name__,
+        "version.torch": _version("torch"),
+        "version.lightning": getattr(flavor, "__version__", _version("lightning")),
+        "version.mlflow": _version("mlflow"),
+        "version.kiwi_pipe_optim": _version("kiwi-pipe-optim"),
+    }
+    commit = _git_commit(Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+                     ("DVC_STAGE", "dvc.stage")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def resolved_params(resolved: ResolvedSchedule, optimizer_class: str) -> dict[str, str]:
+    values = {
+        "resolved.schedule": resolved.name,
+        "resolved.interval": resolved.interval,
+        "resolved.warmup_steps": resolved.warmup_steps,
+        "resolved.training_steps": resolved.training_steps,
+        "resolved.model_size": resolved.model_size,
+        "resolved.optimizer_class": optimizer_class,
+    }
+    return {k: str(v) for k, v in values.items()}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(out_dir: Path, recorder: Any, global_step: int, epochs: int) -> dict[str, Any]:
+    groups: list[str] = []
+    for _, lrs in recorder.lr_history:
+        groups.extend(g for g in lrs if g not in groups)
+    lr_rows = [[step] + [lrs.get(g, "") for g in groups] for step, lrs in recorder.lr_history]
+    loss_rows = [[step, loss] for step, loss in recorder.loss_history]
+    metrics: dict[str, Any] = {"steps": global_step, "epochs": epochs}
+    if recorder.val_history:
+        metrics.update(recorder.val_history[-1][2])
+    if recorder.loss_history:
+        metrics["train_loss"] = recorder.loss_history[-1][1]
+    texts = {
+        LR_PLOT: _csv(["step"] + groups, lr_rows),
+        LOSS_PLOT: _csv(["step", "train_loss"], loss_rows),
+        METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n",
+    }
+    for name, text in texts.items():
+        _write_atomically(out_dir / name, text)
+    return metrics
+
+
+def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> dict[str, Any]:
+    """Train once as ``params_path`` says, log to MLflow, write the DVC outputs; return the metrics.
+
+    Raises:
+        ConfigError: anything wrong in the params, found before MLflow or training starts
+            (or, for step counts only the trainer knows, when it configures the optimizer).
+    """
+    params = load_stage_params(params_path)
+    out_dir = Path(out_dir)
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
+    model_cls = import_class(params.model, "model")
+    data_cls = import_class(params.data, "data")
+    try:
+        flavor = kl.flavor_of(model_cls)
+    except TypeError as e:
+        raise ConfigError(Problem("model.class_path", str(e))) from None
+    problems = []
+    for check in (lambda: trainer_kwargs(flavor, params, []), lambda: check_init_args(model_cls, params.model, "model"),
+                  lambda: check_init_args(data_cls, params.data, "data")):
+        try:
+            check()
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    tracker = None
+    if params.mlflow.enabled:
+        from .mlflow import MlflowRun, tracking_uri
+
+        root = repository_root()
+        uri = tracking_uri(params.mlflow.tracking_uri, root)
+        tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
+                            run_tags(params, flavor), artifact_root=root / "mlartifacts")
+        logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
+
+    def on_resolved(resolved: ResolvedSchedule) -> None:
+        if tracker is None:
+            return
+        tracker.log_params(resolved_params(resolved, params.optimizer.optimizer_spec.torch_class))
+        import yaml
+
+        document = {"optimizer": params.optimizer.model_dump(mode="json"),
+                    "resolved": {k.split(".", 1)[1]: v for k, v in resolved_params(
+                        resolved, params.optimizer.optimizer_spec.torch_class).items()}}
+        tracker.log_text(yaml.safe_dump(document, sort_keys=False), "config/optimizer.yaml")
+
+    recorder = kl.step_recorder(flavor, sink=tracker.add if tracker else None,
+                                flush=tracker.flush if tracker else None, on_resolved=on_resolved)
+    status = "FAILED"
+    try:
+        # Seeded after the MLflow run exists: MLflow names runs with Python's global RNG.
+        flavor.seed_everything(params.trainer.seed, workers=True, verbose=False)
+        data = instantiate(data_cls, params.data, "data")
+        model = instantiate(model_cls, params.model, "model")
+        if not kl.attach_config(model, params.optimizer):
+            logger.warning("%s defines its own configure_optimizers; the optimizer section is logged but "
+                           "only used if that method calls kiwi_pipe_optim.from_config", model_cls.__name__)
+        if tracker is not None:
+            from .mlflow import flatten
+
+            tracker.log_params(flatten(params.raw))
+        try:
+            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder]))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(Problem("trainer", f"the Trainer refused these arguments: {str(e).splitlines()[0]}")) from None
+        _fit(trainer, model, data, flavor)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training was interrupted")
+        metrics = write_outputs(out_dir, recorder, trainer.global_step, trainer.current_epoch)
+        status = "FINISHED"
+        return metrics
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    except Exception as e:
+        if tracker is not None:
+            tracker.set_tags({"kiwi.error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:5000]})
+        raise
+    finally:
+        if tracker is not None:
+            tracker.end(status)
+
+
+def _fit(trainer: Any, model: Any, data: Any, flavor: Any) -> None:
+    if isinstance(data, flavor.LightningDataModule):
+        trainer.fit(model, datamodule=data)
+        return
+    if hasattr(data, "setup"):
+        data.setup("fit")
+    val = data.val_dataloader() if hasattr(data, "val_dataloader") else None
+    trainer.fit(model, train_dataloaders=data.train_dataloader(), val_dataloaders=val)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python stages/train.py [--params params.yaml] [--out-dir .]``; exit 2 on bad params."""
+    parser = argparse.ArgumentParser(description="Train with the optimizer declared in params.yaml.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out-dir", default=".")
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kiwi-pipe-optim: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        metrics = run(args.params, args.out_dir)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the MLflow run is marked KILLED and no output was written", file=sys.stderr)
+        return 130
+    print(json.dumps(metrics, sort_keys=True))
+    return 0

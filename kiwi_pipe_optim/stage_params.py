@@ -1,0 +1,125 @@
+"""The params groups the training stage reads (``data``, ``model``, ``trainer``, ``optimizer``,
+``mlflow``), validated together so one run reports every mistake in the file at once.
+
+Pure pydantic: checking a params file never waits for torch, Lightning or MLflow to import.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import OptimizerConfig, problems_from, read_params, show
+from .errors import ConfigError, Problem
+
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
+STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow")
+# Trainer arguments the stage sets itself: the logging and checkpointing it does are its job.
+RESERVED_TRAINER_KEYS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir")
+
+
+class ImportedParams(BaseModel):
+    """A class to import by path and the keyword arguments to build it with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    class_path: str = Field(description="Import path of the class, 'package.module:Class'.")
+    init_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the class.")
+
+    @field_validator("class_path", mode="before")
+    @classmethod
+    def _import_path(cls, value: Any) -> str:
+        if not isinstance(value, str) or not _CLASS_PATH.match(value):
+            raise ValueError(f"{show(value)} is not an import path; use 'package.module:ClassName'")
+        return value
+
+    @field_validator("init_args", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{show(value)} is not a mapping; use keyword arguments such as {{batch_size: 64}}")
+        return value
+
+
+class TrainerParams(BaseModel):
+    """Arguments of ``Trainer`` (checked against its signature before training) plus ``seed``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    seed: int = Field(0, description="Seed of torch, numpy and Python's random, for a deterministic run.")
+    max_epochs: Optional[int] = Field(None, ge=1, description="Epochs to train.")
+    accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        kwargs = {k: v for k, v in self.model_dump().items() if k != "seed" and v is not None}
+        return kwargs
+
+
+class MlflowParams(BaseModel):
+    """Where and under which experiment the run is logged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Log to MLflow; false trains without any tracking.")
+    tracking_uri: Optional[str] = Field(
+        None, description="Tracking URI; default sqlite:///mlflow.db at the repository root. "
+        "MLFLOW_TRACKING_URI overrides it.")
+    experiment_name: str = Field("kiwi-pipe-optim", min_length=1, description="MLflow experiment of the runs.")
+
+
+class StageParams(BaseModel):
+    """Everything the training stage reads from ``params.yaml``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    data: ImportedParams
+    model: ImportedParams
+    trainer: TrainerParams = Field(default_factory=TrainerParams)
+    optimizer: OptimizerConfig
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "data": ImportedParams, "model": ImportedParams, "trainer": TrainerParams,
+    "optimizer": OptimizerConfig, "mlflow": MlflowParams,
+}
+_REQUIRED = ("data", "model", "optimizer")
+
+
+def load_stage_params(path: str | Path = "params.yaml") -> StageParams:
+    """Read and validate every section the stage uses.
+
+    Raises:
+        ConfigError: every problem of every section, as ``file:line: section.field: message``.
+    """
+    data, lines = read_params(path)
+    problems: list[Problem] = []
+    parsed: dict[str, Any] = {}
+    for section, model in _SECTION_MODELS.items():
+        if section not in data:
+            if section in _REQUIRED:
+                problems.append(Problem(section, f"missing section; add '{section}:' (see the README's params.yaml)"))
+            continue
+        value = data[section]
+        if value is None and section not in _REQUIRED:
+            continue
+        if not isinstance(value, dict):
+            got = "nothing" if value is None else type(value).__name__
+            problems.append(Problem(section, f"expected a mapping of fields, got {got}"))
+            continue
+        if section == "trainer":
+            problems.extend(Problem(f"trainer.{key}", "set by the stage itself; remove it from params")
+                            for key in RESERVED_TRAINER_KEYS if key in value)
+        try:
+            parsed[section] = model.model_validate(value)
+        except ValidationError as e:
+            problems.extend(problems_from(e, model, section))
+    if problems:
+        raise ConfigError(problems).with_source(str(path), lines)
+    return StageParams(**parsed, raw={k: data[k] for k in STAGE_SECTIONS if k in data})
