@@ -1,0 +1,124 @@
+"""`dvc repro`, `dvc exp run` and the DVC queue on the real pipeline, read back from MLflow."""
+
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.e2e.conftest import make_repo, sh
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENT = "kiwi-pipe-optim"
+
+
+def client(repo):
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def runs(repo):
+    c = client(repo)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    return c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def linear_formula(step, lr, warmup, total):
+    if step < warmup:
+        return lr * step / warmup
+    return lr * max(0.0, (total - step) / (total - warmup))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    first = sh(["dvc", "repro"], path)
+    after_first = runs(path)
+    second = sh(["dvc", "repro"], path)
+    return {"path": path, "first": first, "second": second, "after_first": after_first}
+
+
+def test_repro_logs_one_finished_run_with_every_step(repo):
+    path = repo["path"]
+    [run] = repo["after_first"]
+    assert run.info.status == "FINISHED"
+    metrics = json.loads((path / "metrics.json").read_text())
+    steps = metrics["steps"]
+    assert steps == 10 and {"val_loss", "val_acc", "train_loss"} <= set(metrics)
+
+    params = run.data.params
+    warmup, total = int(params["resolved.warmup_steps"]), int(params["resolved.training_steps"])
+    assert (warmup, total) == (1, 10)  # 0.1 of the trainer's 10 steps
+    c = client(path)
+    for group, lr in (("default", float(params["optimizer.learning_rate"])),
+                      ("encoder", float(params["optimizer.encoder_learning_rate"]))):
+        history = sorted(c.get_metric_history(run.info.run_id, f"lr/{group}"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(steps)), group
+        assert [m.value for m in history] == pytest.approx(
+            [linear_formula(s, lr, warmup, total) for s in range(steps)], rel=1e-12, abs=1e-15)
+    loss = c.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in loss) == list(range(steps))
+    assert len(c.get_metric_history(run.info.run_id, "val_loss")) == 2  # one per epoch
+
+
+def test_repro_params_tags_and_artifact(repo):
+    path = repo["path"]
+    [run] = repo["after_first"]
+    params, tags = run.data.params, run.data.tags
+    assert params["optimizer.class_name"] == "adamw"
+    assert params["trainer.max_epochs"] == "2"
+    assert params["model.init_args.d_model"] == "16"
+    assert params["resolved.schedule"] == "linear" and params["resolved.optimizer_class"] == "AdamW"
+    head = sh(["git", "rev-parse", "HEAD"], path).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head
+    assert len(tags["params.sha256"]) == 64
+    for key in ("version.torch", "version.lightning", "version.mlflow", "version.kiwi_pipe_optim"):
+        assert tags[key] and tags[key] != "not installed"
+    text = (path / "mlartifacts").rglob("optimizer.yaml")
+    assert "class_name: adamw" in next(text).read_text()
+
+
+def test_repro_writes_outputs_and_second_repro_does_nothing(repo):
+    path = repo["path"]
+    lr_csv = (path / "plots" / "lr.csv").read_text().splitlines()
+    assert lr_csv[0] == "step,encoder,default" and len(lr_csv) == 11
+    assert (path / "plots" / "loss.csv").read_text().splitlines()[0] == "step,train_loss"
+    assert "didn't change, skipping" in repo["second"].stdout
+    assert len(runs(path)) == len(repo["after_first"]) == 1
+
+
+def test_exp_run_with_overrides_is_a_second_run(repo):
+    path = repo["path"]
+    out = sh(["dvc", "exp", "run", "-S", "optimizer.class_name=sgd", "-S", "optimizer.learning_rate=0.05"], path)
+    finished = [r for r in runs(path) if r.data.tags.get("dvc.exp_name")]
+    assert len(finished) == 1
+    run = finished[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.class_name"] == "sgd"
+    assert float(run.data.params["optimizer.learning_rate"]) == 0.05
+    name = run.data.tags["dvc.exp_name"]
+    assert run.info.run_name == name and name in out.stdout
+    assert run.data.tags["dvc.baseline_rev"] == sh(["git", "rev-parse", "HEAD"], path).stdout.strip()
+    shown = sh(["dvc", "exp", "show", "--json"], path).stdout
+    assert name in shown and "workspace" in shown
+
+
+def test_queued_experiments_land_in_the_repository_store(repo):
+    path = repo["path"]
+    before = {r.info.run_id for r in runs(path)}
+    for lr in ("0.002", "0.004", "0.008"):
+        sh(["dvc", "exp", "run", "--queue", "-S", f"optimizer.learning_rate={lr}"], path)
+    sh(["dvc", "queue", "start", "-j", "2"], path)
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        status = sh(["dvc", "queue", "status"], path).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + sh(["dvc", "queue", "logs", status.split()[-1]], path, check=False).stdout
+    new = [r for r in runs(path) if r.info.run_id not in before]
+    assert len(new) == 3, status
+    assert all(r.info.status == "FINISHED" for r in new)
+    assert sorted(float(r.data.params["optimizer.learning_rate"]) for r in new) == [0.002, 0.004, 0.008]
+    assert len({r.data.tags["dvc.exp_name"] for r in new}) == 3
+    assert not list((path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store in the temp copies

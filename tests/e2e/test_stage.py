@@ -1,0 +1,120 @@
+"""The stage script run directly: user modules of either Lightning name, failures, bad params."""
+
+import json
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.e2e.conftest import sh
+
+pytestmark = pytest.mark.e2e
+
+PL_MODULE = '''
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+
+class PlainDigits(pl.LightningModule):
+    """A user's module written against pytorch_lightning, without configure_optimizers."""
+
+    def __init__(self, hidden: int = 32, explode_at: int = -1):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 10)
+        self.explode_at = explode_at
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.explode_at:
+            raise RuntimeError("boom at step %d" % self.global_step)
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+'''
+
+
+def stage(repo, *args, **env):
+    return sh([sys.executable, "stages/train.py", *args], repo, check=False, **env)
+
+
+def only_run(repo):
+    c = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    [run] = c.search_runs([c.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
+    return c, run
+
+
+def test_pytorch_lightning_user_module_with_two_groups(repo_factory):
+    repo = repo_factory({
+        "model": {"class_path": "user_model:PlainDigits", "init_args": {"hidden": 16}},
+        "optimizer": {"class_name": "sgd", "learning_rate": 0.1, "encoder_learning_rate": 0.01,
+                      "scheduler": "cosine", "warmup_steps": 2},
+    })
+    (repo / "user_model.py").write_text(PL_MODULE)
+    result = stage(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    c, run = only_run(repo)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["kiwi.lightning_flavor"] == "pytorch_lightning"
+    encoder = sorted(c.get_metric_history(run.info.run_id, "lr/encoder"), key=lambda m: m.step)
+    default = sorted(c.get_metric_history(run.info.run_id, "lr/default"), key=lambda m: m.step)
+    assert len(encoder) == len(default) == 10
+    assert encoder[4].value == pytest.approx(default[4].value / 10)
+    assert default[2].value == pytest.approx(0.1)  # warm-up done, cosine starts at the peak
+
+
+def test_training_failure_marks_the_run_failed_and_writes_no_output(repo_factory):
+    repo = repo_factory({"model": {"class_path": "user_model:PlainDigits", "init_args": {"explode_at": 3}}})
+    (repo / "user_model.py").write_text(PL_MODULE)
+    result = stage(repo)
+    assert result.returncode != 0 and "boom at step 3" in result.stderr
+    c, run = only_run(repo)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["kiwi.error"] == "RuntimeError: boom at step 3"
+    assert [m.step for m in sorted(c.get_metric_history(run.info.run_id, "lr/default"), key=lambda m: m.step)] == [0, 1, 2]
+    assert not (repo / "metrics.json").exists() and not (repo / "plots").exists()
+
+
+def test_bad_params_exit_2_before_mlflow_with_every_problem(repo_factory):
+    repo = repo_factory({
+        "optimizer": {"class_name": "adamx", "learning_rate": "fast"},
+        "trainer": {"max_epoch": 3},
+        "model": {"init_args": {"d_modle": 8}},
+    })
+    (repo / "metrics.json").write_text('{"keep": true}\n')
+    result = stage(repo)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert [line.split(": ")[1] for line in lines] == ["optimizer.class_name", "optimizer.learning_rate"]
+    assert not (repo / "mlflow.db").exists()
+    assert json.loads((repo / "metrics.json").read_text()) == {"keep": True}
+
+    repo2 = repo_factory({"trainer": {"max_epoch": 3}, "model": {"init_args": {"d_modle": 8}}}, name="repo2")
+    result = stage(repo2)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "trainer.max_epoch: not an argument of lightning.pytorch.Trainer (did you mean 'max_epochs'?)",
+        "model.init_args.d_modle: not an argument of DigitsTransformer (did you mean 'd_model'?); it accepts: "
+        "d_model, nhead, num_layers, dim_feedforward, dropout, num_classes",
+    ]
+    assert not (repo2 / "mlflow.db").exists()
+
+
+def test_tracking_uri_from_environment_and_logging_off(repo_factory, tmp_path):
+    repo = repo_factory()
+    elsewhere = tmp_path / "elsewhere.db"
+    result = stage(repo, MLFLOW_TRACKING_URI=f"sqlite:///{elsewhere}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert elsewhere.exists() and not (repo / "mlflow.db").exists()
+
+    off = repo_factory({"mlflow": {"enabled": False}}, name="off")
+    result = stage(off)
+    assert result.returncode == 0 and not (off / "mlflow.db").exists()
+    assert len((off / "plots" / "lr.csv").read_text().splitlines()) == 11

@@ -1,0 +1,143 @@
+"""Every registry entry inside a real ``Trainer.fit``, under both Lightning import names."""
+
+import lightning.pytorch as L
+import pytest
+import pytorch_lightning as PL
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from kiwi_pipe_optim import OptimizerConfig
+from kiwi_pipe_optim.integrations.lightning import KiwiOptimizers, attach_config, flavor_of, step_recorder
+from kiwi_pipe_optim.schedules import multiplier
+
+SECTIONS = {
+    "sgd": dict(learning_rate=0.1, options={"momentum": 0.9}),
+    "averaged_sgd": dict(learning_rate=0.1),
+    "adam": dict(learning_rate=1e-3),
+    "noam": dict(learning_rate=1.0, warmup_steps=2),
+    "sparse_adam": dict(learning_rate=1e-2),
+    "adamw": dict(learning_rate=1e-3, warmup_steps=0.5),
+    "adagrad": dict(learning_rate=0.1),
+    "adadelta": dict(learning_rate=1.0),
+    "adamax": dict(learning_rate=2e-3),
+    "rmsprop": dict(learning_rate=1e-3),
+}
+
+
+def tiny_module(base, sparse=False):
+    class Tiny(KiwiOptimizers, base):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Embedding(10, 8, sparse=sparse)
+            self.head = nn.Linear(8, 2)
+            self.model_size = 8
+            if sparse:  # SparseAdam needs every trained parameter to get sparse gradients
+                self.head.requires_grad_(False)
+
+        def forward(self, x):
+            return self.head(self.encoder(x).mean(1))
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self(x), y)
+            return loss
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    return Tiny()
+
+
+def loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 10, (32, 4), generator=g)
+    y = torch.randint(0, 2, (32,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def fit(module, config, max_steps=4, max_epochs=None, accumulate=1):
+    flavor = flavor_of(module)
+    attach_config(module, config)
+    recorder = step_recorder(flavor)
+    trainer = flavor.Trainer(max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=accumulate,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[recorder], accelerator="cpu",
+                             num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=loader(), val_dataloaders=loader())
+    return trainer, recorder
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_every_optimizer_trains_in_lightning(name):
+    torch.manual_seed(0)
+    module = tiny_module(L.LightningModule, sparse=name == "sparse_adam")
+    before = [p.detach().clone() for p in module.parameters()]
+    config = OptimizerConfig(class_name=name, **SECTIONS[name])
+    trainer, recorder = fit(module, config)
+    assert trainer.global_step == 4
+    assert [step for step, _ in recorder.lr_history] == [0, 1, 2, 3]
+    assert isinstance(trainer.optimizers[0], type(trainer.optimizers[0]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    resolved = module.kiwi_resolved
+    if resolved.name != "none":
+        f = multiplier(resolved)
+        assert [lrs["default"] for _, lrs in recorder.lr_history] == pytest.approx(
+            [config.learning_rate * f(s) for s in range(4)])
+
+
+def test_sparse_adam_with_dense_gradients_is_a_clear_error():
+    module = tiny_module(L.LightningModule, sparse=False)
+    with pytest.raises(RuntimeError, match="SparseAdam does not support dense gradients, please consider Adam instead"):
+        fit(module, OptimizerConfig(class_name="sparse_adam", learning_rate=1e-2))
+
+
+def test_plateau_in_lightning_monitors_val_loss():
+    module = tiny_module(L.LightningModule)
+    config = OptimizerConfig(class_name="sgd", learning_rate=1e-6, learning_rate_decay=0.5, learning_rate_decay_start=0)
+    trainer, recorder = fit(module, config, max_steps=-1, max_epochs=4)
+    config_entry = trainer.lr_scheduler_configs[0]
+    assert (config_entry.interval, config_entry.monitor) == ("epoch", "val_loss")
+    # an LR of 1e-6 cannot improve val_loss: the first epoch sets the best value, then with
+    # patience 0 the LR halves after every epoch
+    per_epoch = [lrs["default"] for step, lrs in recorder.lr_history if step % 4 == 0]
+    assert per_epoch == pytest.approx([1e-6, 1e-6, 5e-7, 2.5e-7], rel=1e-9, abs=0)
+
+
+def test_training_steps_come_from_the_trainer_with_accumulation():
+    module = tiny_module(L.LightningModule)
+    config = OptimizerConfig(class_name="adamw", learning_rate=1e-3, warmup_steps=0.25)
+    trainer, recorder = fit(module, config, max_steps=-1, max_epochs=3, accumulate=2)
+    # 4 batches per epoch, 2 per optimizer step, 3 epochs: 6 optimizer steps
+    assert module.kiwi_resolved.training_steps == 6 == trainer.global_step
+    assert module.kiwi_resolved.warmup_steps == 2
+    assert [s for s, _ in recorder.lr_history] == list(range(6))
+    assert [s for s, _ in recorder.loss_history] == list(range(6))
+
+
+def test_pytorch_lightning_flavor_trains_with_its_own_trainer():
+    module = tiny_module(PL.LightningModule)
+    assert flavor_of(module) is PL
+    trainer, recorder = fit(module, OptimizerConfig(class_name="noam", learning_rate=1.0, warmup_steps=2))
+    assert isinstance(trainer, PL.Trainer) and trainer.global_step == 4
+    assert len(recorder.lr_history) == 4
+
+
+def test_module_without_configure_optimizers_gets_ours():
+    class Plain(PL.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 2)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0].float()).sum()
+
+    module = Plain()
+    assert attach_config(module, OptimizerConfig(class_name="sgd", learning_rate=0.1))
+    assert isinstance(module.configure_optimizers(), torch.optim.SGD)
+
+
+def test_flavor_of_rejects_plain_modules():
+    with pytest.raises(TypeError, match=r"torch.nn.modules.linear.Linear is not a LightningModule"):
+        flavor_of(nn.Linear(2, 2))
