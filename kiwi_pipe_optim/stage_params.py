@@ -70,6 +70,9 @@ class MlflowParams(BaseModel):
         None, description="Tracking URI; default sqlite:///mlflow.db at the repository root. "
         "MLFLOW_TRACKING_URI overrides it.")
     experiment_name: str = Field("kiwi-pipe-optim", min_length=1, description="MLflow experiment of the runs.")
+    flush_interval_s: float = Field(
+        5.0, ge=0, description="Send buffered metrics at an epoch end at most this often (0: every epoch); "
+        "always at the end and on failure.")
 
 
 class StageParams(BaseModel):

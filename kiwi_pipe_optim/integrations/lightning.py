@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from types import ModuleType
 from typing import Any, Callable
 
@@ -102,11 +103,12 @@ def attach_config(module: Any, config: OptimizerConfig) -> bool:
 
 class _StepRecorder:
     """Records the LR of every param group at every optimizer step, the loss per step and the
-    validation metrics per epoch, and hands them to ``sink(key, value, step)``; ``flush`` is
-    called at epoch end, at the end of fit and on failure."""
+    validation metrics per epoch, and hands them to ``sink(key, value, step)``. ``flush(force)``
+    is offered at every epoch end (``force=False``: the sink may wait for a bigger batch) and
+    forced at the end of training and on failure."""
 
     def __init__(self, sink: Callable[[str, float, int], None] | None = None,
-                 flush: Callable[[], None] | None = None,
+                 flush: Callable[[bool], None] | None = None,
                  on_resolved: Callable[[ResolvedSchedule], None] | None = None):
         super().__init__()
         self.sink = sink
@@ -118,19 +120,22 @@ class _StepRecorder:
         self._loss_sum = 0.0
         self._loss_count = 0
         self._logged_step = -1
+        self._started: float | None = None
+        self.seconds = 0.0
 
     def _emit(self, key: str, value: float, step: int) -> None:
         if self.sink is not None:
             self.sink(key, value, step)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = True) -> None:
         if self.flush is not None:
-            self.flush()
+            self.flush(force)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         resolved = getattr(pl_module, "kiwi_resolved", None)
         if resolved is not None and self.on_resolved is not None and trainer.is_global_zero:
             self.on_resolved(resolved)
+        self._started = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
         if not trainer.is_global_zero:
@@ -167,7 +172,12 @@ class _StepRecorder:
             self._emit(key, value, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._flush(force=False)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._flush()
+        if self._started is not None:
+            self.seconds = time.perf_counter() - self._started
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._flush()

@@ -1,8 +1,12 @@
 """MLflow glue: one run per stage execution, metrics buffered and sent in batches.
 
 A synchronous ``log_metric`` on a sqlite store costs milliseconds (several SQL statements and
-commits), more than a small model's optimizer step, while ``log_batch`` amortises that over up to
-1000 values. So values are buffered and flushed at epoch end, at the end and on failure.
+commits), more than a small model's optimizer step. ``log_batch`` amortises that: measured here,
+~100 µs per value in batches of 70 but ~45 µs in batches of 700, since each batch also pays a few
+milliseconds of queries and a commit. Sending it from a thread or a process does not help on a
+small CPU machine: it competes with torch's own threads for the cores. So values are buffered and
+sent synchronously, in few large batches: at an epoch end once ``flush_interval_s`` has passed
+since the last send, and always at the end of training and on failure.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class MlflowRun:
     """One MLflow run with a metric buffer; ``add`` is cheap, ``flush`` sends in batches."""
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str],
-                 artifact_root: Path | None = None):
+                 artifact_root: Path | None = None, flush_interval_s: float = 5.0):
         from mlflow.entities import Metric
 
         self._metric = Metric
@@ -122,6 +126,8 @@ class MlflowRun:
         self.run_name = run.info.run_name
         self._buffer: list[Any] = []
         self.sent = 0
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -140,7 +146,11 @@ class MlflowRun:
     def add(self, key: str, value: float, step: int) -> None:
         self._buffer.append(self._metric(key, float(value), int(time.time() * 1000), int(step)))
 
-    def flush(self) -> None:
+    def flush(self, force: bool = True) -> None:
+        """Send the buffered values; unless ``force``, only if ``flush_interval_s`` has passed."""
+        if not force and time.monotonic() - self._last_flush < self.flush_interval_s:
+            return
+        self._last_flush = time.monotonic()
         while self._buffer:
             batch = self._buffer[:MAX_METRICS_PER_BATCH]
             _retrying(self.client.log_batch, self.run_id, metrics=batch)

@@ -179,6 +179,9 @@ def write_outputs(out_dir: Path, recorder: Any, global_step: int, epochs: int) -
         metrics.update(recorder.val_history[-1][2])
     if recorder.loss_history:
         metrics["train_loss"] = recorder.loss_history[-1][1]
+    if recorder.seconds > 0:
+        # training loop throughput, validation and logging included; compare implementations with it
+        metrics["steps_per_second"] = round(global_step / recorder.seconds, 2)
     texts = {
         LR_PLOT: _csv(["step"] + groups, lr_rows),
         LOSS_PLOT: _csv(["step", "train_loss"], loss_rows),
@@ -222,7 +225,8 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
         root = repository_root()
         uri = tracking_uri(params.mlflow.tracking_uri, root)
         tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
-                            run_tags(params, flavor), artifact_root=root / "mlartifacts")
+                            run_tags(params, flavor), artifact_root=root / "mlartifacts",
+                            flush_interval_s=params.mlflow.flush_interval_s)
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
 
     def on_resolved(resolved: ResolvedSchedule) -> None:
