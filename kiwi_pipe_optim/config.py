@@ -452,7 +452,9 @@ class OptimizerConfig(BaseModel):
             total = None
         total = None if total is None else int(total)
         warmup = 0
-        if isinstance(self.warmup_steps, float):
+        if not spec.uses_warmup:
+            pass  # ignored (validation warned); must not demand a step count it will not use
+        elif isinstance(self.warmup_steps, float):
             if total is None:
                 problems.append(Problem(
                     "warmup_steps",

@@ -230,6 +230,11 @@ def test_warmup_on_a_schedule_without_one_warns(caplog):
     ]
 
 
+def test_warmup_is_ignored_by_a_schedule_without_one():
+    resolved = parse(class_name="sgd", learning_rate=0.1, warmup_steps=0.1).resolve()
+    assert (resolved.name, resolved.warmup_steps, resolved.training_steps) == ("none", 0, None)
+
+
 def test_decaying_schedule_needs_a_step_count():
     cfg = parse(class_name="adamw", learning_rate=1e-3)
     with pytest.raises(ConfigError) as info:

@@ -118,3 +118,17 @@ def test_tracking_uri_from_environment_and_logging_off(repo_factory, tmp_path):
     result = stage(off)
     assert result.returncode == 0 and not (off / "mlflow.db").exists()
     assert len((off / "plots" / "lr.csv").read_text().splitlines()) == 11
+
+
+def test_two_runs_with_the_same_params_have_identical_histories(repo_factory):
+    repo = repo_factory()
+    for _ in range(2):
+        result = stage(repo)
+        assert result.returncode == 0, result.stderr[-2000:]
+    c = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    first, second = c.search_runs([c.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
+    for key in ("lr/default", "lr/encoder", "train_loss", "val_loss"):
+        histories = [[(m.step, m.value) for m in sorted(c.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
+                     for r in (first, second)]
+        assert histories[0] == histories[1] and histories[0], key
+    assert first.data.tags["params.sha256"] == second.data.tags["params.sha256"]
