@@ -38,7 +38,7 @@ def show(value: Any) -> str:
         text = repr(value)
     elif isinstance(value, float):
         text = str(value)  # nan, inf, -inf
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _number(value: Any) -> float | int:
@@ -122,6 +122,57 @@ def _option(spec_kind: str, value: Any) -> Any:
     return number
 
 
+class GroupRule(BaseModel):
+    """One declarative param-group rule: parameters whose name (or an enclosing module's name)
+    matches ``match`` get this group's LR and weight decay. The first matching rule wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Group name; LR metrics are logged as lr/<name>.")
+    match: Union[str, list[str]] = Field(description="Glob(s) on parameter or module names, e.g. 'encoder' or '*.bias'.")
+    lr: Optional[float] = Field(None, description="This group's learning rate.")
+    lr_scale: Optional[float] = Field(None, description="This group's LR as a multiple of learning_rate.")
+    weight_decay: Optional[float] = Field(
+        None, description="This group's weight decay; default: optimizer.weight_decay, and 0 for biases "
+        "and normalisation layers.")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _group_name(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or "/" in value:
+            raise ValueError(f"{show(value)} is not a group name; use a short name without '/' such as encoder")
+        return value
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> list[str]:
+        globs = [value] if isinstance(value, str) else value
+        if not isinstance(globs, list) or not globs or not all(isinstance(g, str) and g for g in globs):
+            raise ValueError(f"{show(value)} is not a glob; use a pattern such as 'encoder' or '*.bias', or a list")
+        return globs
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, value: Any) -> Optional[float]:
+        return None if value is None else _positive_float(value, "0.001")
+
+    @field_validator("lr_scale", mode="before")
+    @classmethod
+    def _scale(cls, value: Any) -> Optional[float]:
+        return None if value is None else _positive_float(value, "0.1")
+
+    @field_validator("weight_decay", mode="before")
+    @classmethod
+    def _decay(cls, value: Any) -> Optional[float]:
+        return None if value is None else OptimizerConfig._weight_decay(value)
+
+    @model_validator(mode="after")
+    def _one_lr(self) -> "GroupRule":
+        if self.lr is not None and self.lr_scale is not None:
+            raise _Problems([Problem("lr_scale", "give lr or lr_scale, not both")])
+        return self
+
+
 class OptimizerConfig(BaseModel):
     """The ``optimizer:`` section of ``params.yaml`` (OpenKiwi's format, plus explicit choices).
 
@@ -187,6 +238,9 @@ class OptimizerConfig(BaseModel):
     power: Optional[float] = Field(None, description="Exponent of the polynomial schedule (default 1).")
     final_lr_ratio: Optional[float] = Field(
         None, description="LR at the end of linear/cosine/polynomial decay, as a fraction of the peak (default 0)."
+    )
+    param_groups: Optional[list[GroupRule]] = Field(
+        None, description="Ordered param-group rules, first match wins; the rest form the group 'default'."
     )
 
     # -- fields -----------------------------------------------------------------------------
@@ -335,7 +389,7 @@ class OptimizerConfig(BaseModel):
             return dict(value)
         problems, checked = [], {}
         for key, option_value in value.items():
-            path = f"options.{key}"
+            path = str(key)
             if key in ("lr", "weight_decay"):
                 field = "learning_rate" if key == "lr" else "weight_decay"
                 problems.append(Problem(path, f"set it as optimizer.{field}, not as an option"))
@@ -396,6 +450,15 @@ class OptimizerConfig(BaseModel):
             and self.warmup_steps > self.training_steps
         ):
             problems.append(_warmup_too_long(self.warmup_steps, self.training_steps))
+        if self.param_groups:
+            names = [rule.name for rule in self.param_groups]
+            for i, name in enumerate(names):
+                if name in names[:i] or name == "default":
+                    problems.append(Problem(f"param_groups.{i}.name", f"{show(name)} is used twice (the parameters "
+                                            f"no rule matches form 'default'); give every rule its own name"))
+            if self.encoder_learning_rate is not None:
+                problems.append(Problem("encoder_learning_rate", "set together with param_groups; use a rule "
+                                        "{name: encoder, match: encoder, lr: ...} instead"))
         for option in ("power", "final_lr_ratio"):
             if getattr(self, option) is not None and option not in schedule_spec.options:
                 users = [n for n, s in SCHEDULE_SPECS.items() if option in s.options]
@@ -424,6 +487,17 @@ class OptimizerConfig(BaseModel):
         if 0 < self.learning_rate_decay < 1:
             return "plateau"
         return "none"
+
+    def group_learning_rates(self) -> dict[str, float]:
+        """The base LR of every param group the config declares, ``default`` last."""
+        rates: dict[str, float] = {}
+        if self.param_groups:
+            for rule in self.param_groups:
+                rates[rule.name] = rule.lr if rule.lr is not None else self.learning_rate * (rule.lr_scale or 1.0)
+        elif self.encoder_learning_rate is not None:
+            rates["encoder"] = self.encoder_learning_rate
+        rates["default"] = self.learning_rate
+        return rates
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torch constructor, presets first, then the user's options."""
@@ -564,7 +638,7 @@ def problems_from(error: ValidationError, model: type[BaseModel], section: str) 
         value = err.get("input")
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, _Problems):
-            problems.extend(Problem(f"{section}.{p.path}", p.message) for p in cause.problems)
+            problems.extend(Problem(f"{path}.{p.path}", p.message) for p in cause.problems)
         elif kind == "extra_forbidden":
             name = str(err["loc"][-1])
             problems.append(Problem(path, f"unknown key{did_you_mean(name, allowed)}; allowed keys: {', '.join(allowed)}"))

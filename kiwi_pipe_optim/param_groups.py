@@ -1,7 +1,16 @@
-"""Named parameter groups, so every group's LR can be logged (and charted) under a stable name."""
+"""Named parameter groups, so every group's LR can be logged (and charted) under a stable name.
+
+Three ways to form them, from the config: declarative ``param_groups`` rules (first match wins,
+the rest is ``default``), OpenKiwi's ``encoder_learning_rate`` (the ``encoder`` submodule and the
+rest), or one ``default`` group. With rules, biases and normalisation-layer parameters get no
+weight decay unless their rule sets one: decaying them toward zero only hurts (they scale and
+shift activations rather than fit features).
+"""
 
 from __future__ import annotations
 
+import fnmatch
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -12,45 +21,127 @@ from .errors import ConfigError, Problem
 DEFAULT_GROUP = "default"
 ENCODER_GROUP = "encoder"
 
+_NORM_TYPES: tuple[type, ...] = tuple(
+    t for t in (getattr(torch.nn, name, None) for name in ("LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm"))
+    if t is not None
+) + (torch.nn.modules.batchnorm._NormBase,)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where one parameter went: its group, LR and weight decay (None: the optimizer's default)."""
+
+    parameter: str
+    shape: tuple[int, ...]
+    group: str
+    lr: float
+    weight_decay: float | None
+    rule: int | None  # index of the matching rule, None for the default group
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """Normalisation layers by type, and any module whose class name ends in ``Norm``."""
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
+
+
+def no_decay_names(module: torch.nn.Module) -> set[str]:
+    """Biases and every parameter of a normalisation layer."""
+    names = set()
+    for module_name, sub in module.named_modules():
+        for param_name, _ in sub.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if param_name == "bias" or is_norm(sub):
+                names.add(full)
+    return names
+
+
+def _matches(name: str, globs: list[str]) -> bool:
+    parts = name.split(".")
+    candidates = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # enclosing modules, then itself
+    return any(fnmatch.fnmatchcase(c, g) for g in globs for c in candidates)
+
+
+def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder") -> list[Assignment]:
+    """The group, LR and weight decay of every trainable parameter of ``module``.
+
+    Raises:
+        ConfigError: a rule matches no parameter, or ``encoder_learning_rate`` is set and the
+            model has no ``encoder`` submodule.
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    rates = config.group_learning_rates()
+    if config.param_groups:
+        quiet = no_decay_names(module)
+        used: set[int] = set()
+        out = []
+        for name, p in named:
+            index = next((i for i, r in enumerate(config.param_groups) if _matches(name, r.match)), None)
+            rule = None if index is None else config.param_groups[index]
+            if index is not None:
+                used.add(index)
+            decay = rule.weight_decay if rule is not None and rule.weight_decay is not None else (
+                0.0 if name in quiet else config.weight_decay)
+            group = DEFAULT_GROUP if rule is None else rule.name
+            out.append(Assignment(name, tuple(p.shape), group, rates[group], decay, index))
+        unused = [i for i in range(len(config.param_groups)) if i not in used]
+        if unused:
+            sample = ", ".join(n for n, _ in named[:4])
+            raise ConfigError([
+                Problem(f"optimizer.param_groups.{i}.match",
+                        f"rule '{config.param_groups[i].name}' ({', '.join(config.param_groups[i].match)}) matches no "
+                        f"trainable parameter of {type(module).__name__} (an earlier rule may take them); names look "
+                        f"like: {sample}")
+                for i in unused
+            ])
+        return out
+    if config.encoder_learning_rate is not None:
+        sub = getattr(module, encoder, None)
+        if not isinstance(sub, torch.nn.Module):
+            raise ConfigError(Problem(
+                "optimizer.encoder_learning_rate",
+                f"{config.encoder_learning_rate!r} is set, but {type(module).__name__} has no '{encoder}' "
+                f"submodule; remove encoder_learning_rate or give the model an '{encoder}' attribute",
+            ))
+        inside = {id(p) for p in sub.parameters()}
+        return [Assignment(n, tuple(p.shape), ENCODER_GROUP if id(p) in inside else DEFAULT_GROUP,
+                           rates[ENCODER_GROUP if id(p) in inside else DEFAULT_GROUP], config.weight_decay, None)
+                for n, p in named]
+    return [Assignment(n, tuple(p.shape), DEFAULT_GROUP, config.learning_rate, config.weight_decay, None) for n, p in named]
+
 
 def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder") -> list[dict[str, Any]]:
-    """Split a model's trainable parameters into named groups.
-
-    With ``encoder_learning_rate`` set, the parameters of the submodule ``encoder`` form the group
-    ``encoder`` with that LR and the rest form ``default``; otherwise there is one group,
-    ``default``.
+    """Torch param groups for ``module``: one per (group name, weight decay), each carrying ``name``.
 
     Example:
         >>> model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "head": torch.nn.Linear(4, 2)})
         >>> cfg = OptimizerConfig(class_name="adam", learning_rate=1e-3, encoder_learning_rate=1e-5)
         >>> [(g["name"], g["lr"], len(g["params"])) for g in named_groups(model, cfg)]
         [('encoder', 1e-05, 2), ('default', 0.001, 2)]
-
-    Raises:
-        ConfigError: ``encoder_learning_rate`` is set but the model has no such submodule.
     """
-    if config.encoder_learning_rate is None:
-        return [_group(DEFAULT_GROUP, module.parameters(), config.learning_rate)]
-    sub = getattr(module, encoder, None)
-    if not isinstance(sub, torch.nn.Module):
-        raise ConfigError(Problem(
-            "optimizer.encoder_learning_rate",
-            f"{config.encoder_learning_rate!r} is set, but {type(module).__name__} has no '{encoder}' "
-            f"submodule; remove encoder_learning_rate or give the model an '{encoder}' attribute",
-        ))
-    encoder_ids = {id(p) for p in sub.parameters()}
-    rest = (p for p in module.parameters() if id(p) not in encoder_ids)
-    groups = [
-        _group(ENCODER_GROUP, sub.parameters(), config.encoder_learning_rate),
-        _group(DEFAULT_GROUP, rest, config.learning_rate),
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def _group(name: str, params: Iterable[torch.Tensor], lr: float) -> dict[str, Any]:
-    return {"name": name, "params": [p for p in params if p.requires_grad], "lr": lr}
+    params = dict(module.named_parameters())
+    groups: dict[tuple[str, float | None], dict[str, Any]] = {}
+    for a in assign(module, config, encoder):
+        key = (a.group, a.weight_decay)
+        if key not in groups:
+            groups[key] = {"name": a.group, "params": [], "lr": a.lr}
+            if a.weight_decay is not None:
+                groups[key]["weight_decay"] = a.weight_decay
+        groups[key]["params"].append(params[a.parameter])
+    order = list(config.group_learning_rates())
+    return sorted(groups.values(), key=lambda g: order.index(g["name"]))
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
     """The name of every param group (``group<i>`` where a group has none)."""
     return [str(g.get("name", f"group{i}")) for i, g in enumerate(optimizer.param_groups)]
+
+
+def table(assignments: Iterable[Assignment]) -> str:
+    """The parameter -> group table as aligned text (logged as an MLflow artifact)."""
+    rows = [("parameter", "shape", "group", "lr", "weight_decay")] + [
+        (a.parameter, "x".join(map(str, a.shape)) or "scalar", a.group, f"{a.lr:g}",
+         "default" if a.weight_decay is None else f"{a.weight_decay:g}")
+        for a in assignments
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"

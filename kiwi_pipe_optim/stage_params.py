@@ -126,3 +126,20 @@ def load_stage_params(path: str | Path = "params.yaml") -> StageParams:
     if problems:
         raise ConfigError(problems).with_source(str(path), lines)
     return StageParams(**parsed, raw={k: data[k] for k in STAGE_SECTIONS if k in data})
+
+
+class ParamsFile(BaseModel):
+    """The params file as the stage reads it; other top-level groups are allowed."""
+
+    model_config = ConfigDict(extra="allow", title="kiwi-pipe-optim params.yaml")
+
+    data: ImportedParams
+    model: ImportedParams
+    trainer: TrainerParams = Field(default_factory=TrainerParams)
+    optimizer: OptimizerConfig
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+
+def params_schema() -> dict[str, Any]:
+    """JSON Schema of ``params.yaml`` (descriptions, enums of optimizer and schedule names)."""
+    return ParamsFile.model_json_schema()

@@ -143,6 +143,8 @@ class _StepRecorder:
         step = trainer.global_step
         lrs = {}
         for name, group in zip(group_names(optimizer), optimizer.param_groups):
+            if name in lrs:  # a group split only by weight decay shares its name and LR
+                continue
             lrs[name] = float(group["lr"])
             self._emit(f"lr/{name}", lrs[name], step)
         self.lr_history.append((step, lrs))

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ..config import ResolvedSchedule
 from ..errors import ConfigError, Problem, did_you_mean
+from ..param_groups import assign, table
 from ..stage_params import ImportedParams, StageParams, load_stage_params
 from . import lightning as kl
 
@@ -239,6 +240,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
                     "resolved": {k.split(".", 1)[1]: v for k, v in resolved_params(
                         resolved, params.optimizer.optimizer_spec.torch_class).items()}}
         tracker.log_text(yaml.safe_dump(document, sort_keys=False), "config/optimizer.yaml")
+        tracker.log_text(table(assign(model, params.optimizer)), "config/param_groups.txt")
 
     recorder = kl.step_recorder(flavor, sink=tracker.add if tracker else None,
                                 flush=tracker.flush if tracker else None, on_resolved=on_resolved)

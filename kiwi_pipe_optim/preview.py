@@ -1,0 +1,138 @@
+"""The whole LR curve of a run, per param group, from the params alone: no model, no optimizer.
+
+Step counts are computed the way Lightning's ``Trainer.estimated_stepping_batches`` counts them,
+and the schedule functions are evaluated on the whole step array at once, so a million-step
+curve takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import OptimizerConfig, ResolvedSchedule
+from .schedules import evaluate
+
+
+def stepping_batches(train_size: int, batch_size: int, max_epochs: int | None, accumulate: int = 1,
+                     world_size: int = 1, max_steps: int = -1, limit_train_batches: int | float | None = None,
+                     drop_last: bool = False) -> int:
+    """Optimizer steps a Lightning run takes, counted as ``Trainer.estimated_stepping_batches`` does.
+
+    Each process sees ``ceil(train_size / world_size)`` examples (the distributed sampler pads),
+    an epoch is ``ceil`` of that over the batch size (``floor`` with ``drop_last``), optionally
+    limited, and the optimizer steps once per ``accumulate`` batches, also after a last partial
+    group of an epoch.
+
+    Example:
+        >>> stepping_batches(train_size=1438, batch_size=64, max_epochs=10, accumulate=2, world_size=2)
+        60
+    """
+    per_device = math.ceil(train_size / world_size)
+    batches = per_device // batch_size if drop_last else math.ceil(per_device / batch_size)
+    if isinstance(limit_train_batches, float) and limit_train_batches <= 1.0:
+        batches = int(batches * limit_train_batches)
+    elif limit_train_batches is not None:
+        batches = min(batches, int(limit_train_batches))
+    if max_epochs is None or max_epochs < 0:
+        if max_steps is None or max_steps < 0:
+            raise ValueError("the run has neither max_epochs nor max_steps: its step count is unbounded")
+        return int(max_steps)
+    steps = math.ceil(batches / accumulate) * max(max_epochs, 1)
+    return min(steps, max_steps) if max_steps is not None and max_steps >= 0 else steps
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The LR of every group at every step, plus where warm-up ends and the peak is."""
+
+    resolved: ResolvedSchedule
+    steps: int
+    lrs: dict[str, torch.Tensor]
+
+    @property
+    def peak_step(self) -> int:
+        first = next(iter(self.lrs.values()))
+        return int(torch.argmax(first)) if first.numel() else 0
+
+
+def curves(config: OptimizerConfig, run_steps: int, model_size: int | None = None) -> Curves:
+    """Evaluate the config's schedule over ``run_steps`` optimizer steps, per param group.
+
+    Raises:
+        ConfigError: the schedule cannot be resolved (see :meth:`OptimizerConfig.resolve`), or it
+            is reduce-on-plateau, whose curve depends on the metric during training.
+    """
+    resolved = config.resolve(training_steps=run_steps, model_size=model_size)
+    if resolved.name == "plateau":
+        from .errors import ConfigError, Problem
+
+        raise ConfigError(Problem("optimizer.scheduler", "plateau reacts to the monitored metric during "
+                                  "training, so its curve cannot be previewed; preview a step schedule instead"))
+    factor = evaluate(resolved, run_steps)
+    return Curves(resolved, run_steps, {g: lr * factor for g, lr in config.group_learning_rates().items()})
+
+
+def sample_steps(steps: int, max_points: int, keep: tuple[int, ...] = ()) -> torch.Tensor:
+    """At most about ``max_points`` evenly spaced steps, always with the first, last and ``keep``."""
+    if steps <= max_points:
+        return torch.arange(steps)
+    stride = math.ceil(steps / max_points)
+    chosen = torch.cat([torch.arange(0, steps, stride), torch.tensor([steps - 1, *[k for k in keep if 0 <= k < steps]])])
+    return torch.unique(chosen)
+
+
+def write_csv(path: str | Path, result: Curves, max_points: int = 5000) -> Path:
+    """``step`` plus one LR column per group; long runs are sampled, keeping warm-up end and peak."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index = sample_steps(result.steps, max_points, (result.resolved.warmup_steps, result.peak_step))
+    groups = list(result.lrs)
+    columns = [index.tolist()] + [result.lrs[g][index].tolist() for g in groups]
+    lines = [",".join(["step", *groups])]
+    lines.extend(",".join(repr(v) for v in row) for row in zip(*columns))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def plot_png(path: str | Path, result: Curves, title: str = "", max_points: int = 20000) -> Path:
+    """A line per group, warm-up end and peak marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index = sample_steps(result.steps, max_points, (result.resolved.warmup_steps, result.peak_step))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for group, lr in result.lrs.items():
+        ax.plot(index.numpy(), lr[index].numpy(), label=f"lr/{group}")
+    r = result.resolved
+    if r.warmup_steps > 0:
+        ax.axvline(r.warmup_steps, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"warm-up ends: step {r.warmup_steps}", (r.warmup_steps, 0), xytext=(5, 5),
+                    textcoords="offset points", fontsize=8, color="grey")
+    peak = result.peak_step
+    for lr in result.lrs.values():
+        ax.plot([peak], [float(lr[peak])], marker="o", color="black", markersize=4)
+    first = next(iter(result.lrs.values()))
+    ax.annotate(f"peak {float(first[peak]):.3g} at step {peak}", (peak, float(first[peak])), xytext=(8, -12),
+                textcoords="offset points", fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or f"{r.name} schedule, {result.steps} steps")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
