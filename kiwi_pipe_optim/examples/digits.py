@@ -30,8 +30,8 @@ class _Classifier(KiwiOptimizers, L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
+        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True, sync_dist=True)
 
 
 class DigitsTransformer(_Classifier):

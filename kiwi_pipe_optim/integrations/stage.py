@@ -36,6 +36,16 @@ LR_PLOT = "plots/lr.csv"
 LOSS_PLOT = "plots/loss.csv"
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is the first of a distributed run (or the only process).
+
+    Lightning's DDP launcher re-runs this script once per extra device with ``LOCAL_RANK`` set;
+    torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``. Only rank 0 talks to MLflow and writes
+    outputs, so a run is logged once, whatever the number of processes.
+    """
+    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def repository_root() -> Path:
     """The DVC repository the stage belongs to. Queued experiments run in a temporary copy,
     but DVC points ``DVC_ROOT`` at the original, where the MLflow store lives."""
@@ -220,7 +230,8 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
     if problems:
         raise ConfigError(problems)
     tracker = None
-    if params.mlflow.enabled:
+    rank_zero = is_rank_zero()
+    if params.mlflow.enabled and rank_zero:
         from .mlflow import MlflowRun, tracking_uri
 
         root = repository_root()
@@ -264,7 +275,9 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
         _fit(trainer, model, data, flavor)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        metrics = write_outputs(out_dir, recorder, trainer.global_step, trainer.current_epoch)
+        metrics = {"steps": trainer.global_step}
+        if rank_zero:
+            metrics = write_outputs(out_dir, recorder, trainer.global_step, trainer.current_epoch)
         status = "FINISHED"
         return metrics
     except (KeyboardInterrupt, SystemExit):
@@ -308,5 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the MLflow run is marked KILLED and no output was written", file=sys.stderr)
         return 130
-    print(json.dumps(metrics, sort_keys=True))
+    if is_rank_zero():
+        print(json.dumps(metrics, sort_keys=True))
     return 0

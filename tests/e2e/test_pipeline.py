@@ -103,13 +103,24 @@ def test_exp_run_with_overrides_is_a_second_run(repo):
     assert name in shown and "workspace" in shown
 
 
-def test_queued_experiments_land_in_the_repository_store(repo):
+# Every point differs from the experiments run before: DVC restores a stage it has already run
+# with the same params and deps from its run cache, without running it (so without a new run).
+SWEEP = [
+    ["-S", "optimizer.class_name=sgd", "-S", "optimizer.learning_rate=0.02"],
+    ["-S", "optimizer.class_name=adam", "-S", "optimizer.learning_rate=0.002", "-S", "+optimizer.scheduler=cosine"],
+    ["-S", "optimizer.class_name=noam", "-S", "optimizer.learning_rate=1.0"],
+    ["-S", "optimizer.class_name=adamw", "-S", "optimizer.learning_rate=0.003"],
+]
+
+
+def test_queued_sweep_lands_in_the_repository_store(repo):
     path = repo["path"]
+    sh(["git", "checkout", "--", "params.yaml"], path)  # `dvc exp run` left the last experiment's params
     before = {r.info.run_id for r in runs(path)}
-    for lr in ("0.002", "0.004", "0.008"):
-        sh(["dvc", "exp", "run", "--queue", "-S", f"optimizer.learning_rate={lr}"], path)
+    for overrides in SWEEP:
+        sh(["dvc", "exp", "run", "--queue", *overrides], path)
     sh(["dvc", "queue", "start", "-j", "2"], path)
-    deadline = time.time() + 420
+    deadline = time.time() + 480
     while time.time() < deadline:
         status = sh(["dvc", "queue", "status"], path).stdout
         if "Queued" not in status and "Running" not in status:
@@ -117,8 +128,12 @@ def test_queued_experiments_land_in_the_repository_store(repo):
         time.sleep(3)
     assert "Failed" not in status, status + sh(["dvc", "queue", "logs", status.split()[-1]], path, check=False).stdout
     new = [r for r in runs(path) if r.info.run_id not in before]
-    assert len(new) == 3, status
+    assert len(new) == 4, status
     assert all(r.info.status == "FINISHED" for r in new)
-    assert sorted(float(r.data.params["optimizer.learning_rate"]) for r in new) == [0.002, 0.004, 0.008]
-    assert len({r.data.tags["dvc.exp_name"] for r in new}) == 3
+    chosen = sorted((r.data.params["optimizer.class_name"], r.data.params["resolved.schedule"]) for r in new)
+    assert chosen == [("adam", "cosine"), ("adamw", "linear"), ("noam", "noam"), ("sgd", "none")], status
+    assert len({r.data.tags["dvc.exp_name"] for r in new}) == 4
+    assert all({"lr/default", "lr/encoder", "train_loss", "val_loss"} <= set(r.data.metrics) for r in new)
     assert not list((path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store in the temp copies
+    shown = sh(["dvc", "exp", "show", "--json"], path).stdout
+    assert all(r.data.tags["dvc.exp_name"] in shown for r in new)
