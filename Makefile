@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # other install replaces it): install the build you want there first.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test
+.PHONY: setup run test browser
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,5 +19,12 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
-test: setup
+# The browser test drives Debian's chromium (no browser download); install it when missing.
+browser:
+	@command -v chromium >/dev/null || test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: setup browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -169,6 +169,25 @@ def _groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    from .integrations import compare
+
+    uri = args.tracking_uri or compare.default_uri()
+    client = MlflowClient(tracking_uri=uri)
+    summaries = compare.summarize(client, compare.find_runs(client, args.experiment, args.runs, args.limit))
+    if not summaries:
+        print(f"no runs in experiment {args.experiment!r} of {uri}", file=sys.stderr)
+        return 1
+    console = Console()
+    (console if console.is_terminal else Console(width=220)).print(compare.table(summaries))
+    if args.png:
+        print(f"wrote {compare.plot(summaries, args.png)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiwi-optim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     groups = sub.add_parser("groups", help="which parameter goes to which group, with its LR and weight decay")
     groups.add_argument("params", nargs="?", default="params.yaml")
     groups.set_defaults(run=_groups)
+
+    comp = sub.add_parser("compare", help="runs side by side from the MLflow store, LR curves overlaid")
+    comp.add_argument("runs", nargs="*", metavar="RUN_OR_EXP", help="run ids, run names or DVC experiment names "
+                      "(default: the latest runs)")
+    comp.add_argument("--experiment", default="kiwi-pipe-optim", help="MLflow experiment (default: kiwi-pipe-optim)")
+    comp.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    comp.add_argument("--limit", type=int, default=10, help="runs shown when none is named (default 10)")
+    comp.add_argument("--png", default="lr_compare.png", help="plot of the LR curves (default lr_compare.png; '' for none)")
+    comp.set_defaults(run=_compare)
 
     listing = sub.add_parser("list", help="list the optimizers and schedules")
     listing.set_defaults(run=_list)

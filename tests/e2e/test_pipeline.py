@@ -137,3 +137,13 @@ def test_queued_sweep_lands_in_the_repository_store(repo):
     assert not list((path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store in the temp copies
     shown = sh(["dvc", "exp", "show", "--json"], path).stdout
     assert all(r.data.tags["dvc.exp_name"] in shown for r in new)
+
+
+def test_plots_diff_overlays_two_experiments(repo, tmp_path):
+    path = repo["path"]
+    names = [r.data.tags["dvc.exp_name"] for r in runs(path) if r.data.tags.get("dvc.exp_name")][-2:]
+    out = tmp_path / "diff"
+    sh(["dvc", "plots", "diff", *names, "-o", str(out)], path)
+    html = (out / "index.html").read_text()
+    assert all(name in html for name in names)
+    assert "plots/lr.csv" in html and "plots/schedule.csv" in html

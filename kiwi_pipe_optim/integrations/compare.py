@@ -1,0 +1,119 @@
+"""Side-by-side comparison of runs read back from the MLflow store: the params that differ,
+final metrics, and the peak and final LR of every param group; plus their LR curves overlaid."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError, Problem
+
+FINAL_METRICS = ("val_loss", "val_acc", "train_loss")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    final: dict[str, float]
+    lr: dict[str, tuple[float, float]]  # group -> (peak, final)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def default_uri() -> str:
+    from .mlflow import tracking_uri
+    from .stage import repository_root
+
+    return tracking_uri(None, repository_root())
+
+
+def find_runs(client: Any, experiment: str, selectors: Sequence[str], limit: int = 10) -> list[Any]:
+    """Runs named by id, run name or DVC experiment name; the latest ``limit`` when none is named.
+
+    Raises:
+        ConfigError: the experiment does not exist, or a selector names no run.
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ConfigError(Problem("--experiment", f"no experiment {experiment!r} in this store; it has: "
+                                  f"{', '.join(names) or 'none'}"))
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000)
+    if not selectors:
+        return list(reversed(runs[:limit]))
+    chosen = []
+    for selector in selectors:
+        match = [r for r in runs if selector in (r.info.run_id, r.info.run_name, r.data.tags.get("dvc.exp_name"))]
+        if not match:
+            raise ConfigError(Problem("RUN_OR_EXP", f"{selector!r} names no run of {experiment!r} (by run id, run "
+                                      f"name or DVC experiment name); recent runs: "
+                                      f"{', '.join(r.info.run_name for r in runs[:5])}"))
+        chosen.append(match[0])
+    return chosen
+
+
+def summarize(client: Any, runs: Sequence[Any]) -> list[RunSummary]:
+    out = []
+    for run in runs:
+        lr: dict[str, tuple[float, float]] = {}
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for key in sorted(k for k in run.data.metrics if k.startswith("lr/")):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            curves[key[3:]] = history
+            lr[key[3:]] = (max(v for _, v in history), history[-1][1])
+        final = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
+        out.append(RunSummary(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params), final, lr,
+                              curves))
+    return out
+
+
+def differing_params(summaries: Sequence[RunSummary]) -> list[str]:
+    keys = sorted({k for s in summaries for k in s.params})
+    return [k for k in keys if len({s.params.get(k) for s in summaries}) > 1]
+
+
+def table(summaries: Sequence[RunSummary]) -> Any:
+    from rich.table import Table
+
+    params = differing_params(summaries)
+    groups = sorted({g for s in summaries for g in s.lr})
+    metrics = [m for m in FINAL_METRICS if any(m in s.final for s in summaries)]
+    t = Table(title="runs compared", show_lines=False)
+    for column in ["run", "status", *params, *metrics, *[f"lr/{g} peak / final" for g in groups]]:
+        t.add_column(column, overflow="fold")
+    for s in summaries:
+        t.add_row(
+            s.name, s.status, *[s.params.get(p, "") for p in params],
+            *[f"{s.final[m]:.4g}" if m in s.final else "" for m in metrics],
+            *[f"{s.lr[g][0]:.3g} / {s.lr[g][1]:.3g}" if g in s.lr else "" for g in groups],
+        )
+    return t
+
+
+def plot(summaries: Sequence[RunSummary], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for s in summaries:
+        for group, history in s.curves.items():
+            ax.plot([st for st, _ in history], [v for _, v in history], label=f"{s.name} lr/{group}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("logged learning rates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
