@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ResolvedSchedule
+from ..config import ResolvedSchedule, read_params
 from ..errors import ConfigError, Problem, did_you_mean
 from ..param_groups import assign, table
 from ..stage_params import ImportedParams, StageParams, load_stage_params
@@ -208,8 +208,19 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
 
     Raises:
         ConfigError: anything wrong in the params, found before MLflow or training starts
-            (or, for step counts only the trainer knows, when it configures the optimizer).
+            (or, for step counts only the trainer knows, when it configures the optimizer);
+            every line names the file, the line where known, and the dotted field.
     """
+    try:
+        return _run(params_path, out_dir)
+    except ConfigError as e:
+        if e.source:
+            raise
+        _, lines = read_params(params_path)
+        raise e.with_source(str(params_path), lines) from None
+
+
+def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     params = load_stage_params(params_path)
     out_dir = Path(out_dir)
     if str(Path.cwd()) not in sys.path:
@@ -221,8 +232,13 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
     except TypeError as e:
         raise ConfigError(Problem("model.class_path", str(e))) from None
     problems = []
-    for check in (lambda: trainer_kwargs(flavor, params, []), lambda: check_init_args(model_cls, params.model, "model"),
-                  lambda: check_init_args(data_cls, params.data, "data")):
+    checks = [lambda: trainer_kwargs(flavor, params, []), lambda: check_init_args(model_cls, params.model, "model"),
+              lambda: check_init_args(data_cls, params.data, "data")]
+    if params.optimizer.load is not None:
+        from ..state import read_state
+
+        checks.append(lambda: read_state(params.optimizer.load))  # refuses a file that would run code
+    for check in checks:
         try:
             check()
         except ConfigError as e:

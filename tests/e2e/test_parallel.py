@@ -1,0 +1,33 @@
+"""Four stage runs at once against one sqlite MLflow store, new or existing: every value stored."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.e2e.conftest import tool_env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("store_exists", [True, False], ids=["existing-store", "new-store"])
+def test_four_concurrent_runs_store_every_value(repo_factory, tmp_path, store_exists):
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    if store_exists:
+        MlflowClient(uri).search_experiments()
+    repos = [repo_factory({"optimizer": {"learning_rate": 0.001 * (i + 1)}}, name=f"r{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "stages/train.py"], cwd=r, env=tool_env(MLFLOW_TRACKING_URI=uri),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in repos]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(float(r.data.params["optimizer.learning_rate"]) for r in runs) == [0.001, 0.002, 0.003, 0.004]
+    for run in runs:
+        counts = {key: len(client.get_metric_history(run.info.run_id, key))
+                  for key in ("lr/default", "lr/encoder", "train_loss", "val_loss", "val_acc")}
+        assert counts == {"lr/default": 10, "lr/encoder": 10, "train_loss": 10, "val_loss": 2, "val_acc": 2}
