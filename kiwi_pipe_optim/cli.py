@@ -188,6 +188,15 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_spool(args: argparse.Namespace) -> int:
+    from .integrations.mlflow import send_spool
+
+    for path in args.files:
+        run_id, count = send_spool(path, args.tracking_uri)
+        print(f"sent {count} values of run {run_id} from {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiwi-optim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--limit", type=int, default=10, help="runs shown when none is named (default 10)")
     comp.add_argument("--png", default="lr_compare.png", help="plot of the LR curves (default lr_compare.png; '' for none)")
     comp.set_defaults(run=_compare)
+
+    spool = sub.add_parser("send-spool", help="send what a run kept locally while its MLflow server was down")
+    spool.add_argument("files", nargs="+", help=".kiwi-pipe-optim/spool/<run id>.jsonl")
+    spool.add_argument("--tracking-uri", help="default: the server the run was logging to")
+    spool.set_defaults(run=_send_spool)
 
     listing = sub.add_parser("list", help="list the optimizers and schedules")
     listing.set_defaults(run=_list)

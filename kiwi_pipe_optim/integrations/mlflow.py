@@ -98,11 +98,45 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def check_reachable(uri: str, field: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server cannot be reached.
+
+    Raises:
+        ConfigError: naming ``field`` (where the URI came from), the URI and the reason.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from ..errors import ConfigError, Problem
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answered: authentication and the like are MLflow's to report
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
+                                  f"`mlflow server --host 127.0.0.1 --port 5000`), or unset it to log to "
+                                  f"sqlite:///mlflow.db")) from None
+
+
+def _remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
 class MlflowRun:
-    """One MLflow run with a metric buffer; ``add`` is cheap, ``flush`` sends in batches."""
+    """One MLflow run with a metric buffer; ``add`` is cheap, ``flush`` sends in batches.
+
+    With a tracking server, a failed send does not stop training: the values stay buffered, are
+    also appended to a spool file (``spool_dir/<run id>.jsonl``), and go out with the next
+    successful send, at the latest at the end. If the server never comes back, the spool file
+    holds everything, and ``kiwi-optim send-spool FILE`` sends it later.
+    """
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str],
-                 artifact_root: Path | None = None, flush_interval_s: float = 5.0):
+                 artifact_root: Path | None = None, flush_interval_s: float = 5.0, spool_dir: Path | None = None):
         from mlflow.entities import Metric
 
         self._metric = Metric
@@ -125,16 +159,32 @@ class MlflowRun:
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self._buffer: list[Any] = []
+        self._pending_params: dict[str, str] = {}
         self.sent = 0
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
+        self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
+        self._spooled = 0  # the first _spooled buffered values are already in the spool file
+        self._down_since: float | None = None
 
     def log_params(self, params: Mapping[str, str]) -> None:
+        self._pending_params.update(params)
+        self._send_params()
+
+    def _send_params(self) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            _retrying(self.client.log_batch, self.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+        while self._pending_params:
+            chunk = dict(list(self._pending_params.items())[:MAX_PARAMS_PER_BATCH])
+            try:
+                _retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
+            except Exception as e:
+                if not _remote(self.uri):
+                    raise
+                self._server_down(e, {"params": chunk})
+                return
+            for key in chunk:
+                del self._pending_params[key]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -151,17 +201,92 @@ class MlflowRun:
         if not force and time.monotonic() - self._last_flush < self.flush_interval_s:
             return
         self._last_flush = time.monotonic()
+        self._send_params()
         while self._buffer:
             batch = self._buffer[:MAX_METRICS_PER_BATCH]
-            _retrying(self.client.log_batch, self.run_id, metrics=batch)
+            try:
+                _retrying(self.client.log_batch, self.run_id, metrics=batch)
+            except Exception as e:
+                if not _remote(self.uri):
+                    raise
+                unspooled = self._buffer[self._spooled:]
+                self._spooled = len(self._buffer)
+                self._server_down(e, {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in unspooled]})
+                return
             del self._buffer[:len(batch)]
+            self._spooled = max(0, self._spooled - len(batch))
             self.sent += len(batch)
+        if self._down_since is not None and not self._pending_params:
+            logger.warning("MLflow at %s is back; every spooled value has been sent", self.uri)
+            self._down_since = None
+            self.spool_path.unlink(missing_ok=True)
+
+    def _server_down(self, error: Exception, record: dict[str, Any]) -> None:
+        first = self._down_since is None
+        if first:
+            self._down_since = time.monotonic()
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.spool_path.exists():
+                self.spool_path.write_text(json.dumps({"run_id": self.run_id, "uri": self.uri}) + "\n")
+        with open(self.spool_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if first:
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
+                           "when the server is back", self.uri, reason, self.spool_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception:
+            if not _remote(self.uri):
+                raise
+            logger.warning("could not store the artifact %s of run %s: the MLflow server is unreachable",
+                           artifact_file, self.run_id)
 
     def end(self, status: str) -> None:
+        """Send what is left and close the run; if the server is gone, leave it all in the spool."""
         try:
             self.flush()
         finally:
-            _retrying(self.client.set_terminated, self.run_id, status)
+            if self._down_since is None:
+                try:
+                    _retrying(self.client.set_terminated, self.run_id, status)
+                    return
+                except Exception as e:
+                    if not _remote(self.uri):
+                        raise
+                    self._server_down(e, {})
+            with open(self.spool_path, "a") as f:
+                f.write(json.dumps({"status": status}) + "\n")
+            logger.error("MLflow at %s is unreachable: the end of run %s (status %s) and %d values are in %s; "
+                         "send them with `kiwi-optim send-spool %s` once it is back", self.uri, self.run_id, status,
+                         len(self._buffer), self.spool_path, self.spool_path)
+
+
+def send_spool(path: str | Path, uri: str | None = None) -> tuple[str, int]:
+    """Send a spool file written while a tracking server was unreachable; delete it when done.
+
+    Returns:
+        The run id and the number of metric values sent.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    path = Path(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header, records = lines[0], lines[1:]
+    client = MlflowClient(tracking_uri=uri or header["uri"])
+    run_id = header["run_id"]
+    metrics = [Metric(*row) for r in records for row in r.get("metrics", [])]
+    params = {k: v for r in records for k, v in r.get("params", {}).items()}
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+    statuses = [r["status"] for r in records if "status" in r]
+    if statuses:
+        client.set_terminated(run_id, statuses[-1])
+    path.unlink()
+    return run_id, len(metrics)

@@ -248,13 +248,19 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     tracker = None
     rank_zero = is_rank_zero()
     if params.mlflow.enabled and rank_zero:
-        from .mlflow import MlflowRun, tracking_uri
+        from .mlflow import MlflowRun, check_reachable, tracking_uri
 
         root = repository_root()
         uri = tracking_uri(params.mlflow.tracking_uri, root)
+        check_reachable(uri, "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri")
+        # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
                             run_tags(params, flavor), artifact_root=root / "mlartifacts",
-                            flush_interval_s=params.mlflow.flush_interval_s)
+                            flush_interval_s=params.mlflow.flush_interval_s,
+                            spool_dir=root / ".kiwi-pipe-optim" / "spool")
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
 
     def on_resolved(resolved: ResolvedSchedule) -> None:

@@ -99,9 +99,12 @@ def test_bad_params_exit_2_before_mlflow_with_every_problem(repo_factory):
     repo2 = repo_factory({"trainer": {"max_epoch": 3}, "model": {"init_args": {"d_modle": 8}}}, name="repo2")
     result = stage(repo2)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    lines = (repo2 / "params.yaml").read_text().splitlines()
+    where = {key: f"params.yaml:{next(i for i, line in enumerate(lines, 1) if line.strip().startswith(key + ':'))}: "
+             for key in ("max_epoch", "d_modle")}
+    assert result.stderr.strip().splitlines() == [where["max_epoch"] +
         "trainer.max_epoch: not an argument of lightning.pytorch.Trainer (did you mean 'max_epochs'?)",
-        "model.init_args.d_modle: not an argument of DigitsTransformer (did you mean 'd_model'?); it accepts: "
+        where["d_modle"] + "model.init_args.d_modle: not an argument of DigitsTransformer (did you mean 'd_model'?); it accepts: "
         "d_model, nhead, num_layers, dim_feedforward, dropout, num_classes",
     ]
     assert not (repo2 / "mlflow.db").exists()
