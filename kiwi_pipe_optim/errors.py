@@ -42,7 +42,7 @@ class ConfigError(ValueError):
         lines = []
         for problem in self.problems:
             prefix = ""
-            if self.source:
+            if self.source and not problem.path.isupper():  # an environment variable is not in the file
                 prefix = f"{self.source}:{problem.line}: " if problem.line else f"{self.source}: "
             lines.append(prefix + str(problem))
         return "\n".join(lines)

@@ -16,7 +16,7 @@ from .config import OptimizerConfig, problems_from, read_params, show
 from .errors import ConfigError, Problem
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
-STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow")
+STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint")
 # Trainer arguments the stage sets itself: the logging and checkpointing it does are its job.
 RESERVED_TRAINER_KEYS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir")
 
@@ -75,6 +75,19 @@ class MlflowParams(BaseModel):
         "always at the end and on failure.")
 
 
+class CheckpointParams(BaseModel):
+    """How often the stage saves what a crashed run resumes from, and whether it resumes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_n_steps: int = Field(
+        50, ge=0, description="Save model, optimizer, scheduler and loop state every this many optimizer steps "
+        "(0: never), so that the next run of the stage after a crash resumes from there.")
+    resume: bool = Field(
+        True, description="Resume from the checkpoint an interrupted run left; false starts afresh and "
+        "overwrites it.")
+
+
 class StageParams(BaseModel):
     """Everything the training stage reads from ``params.yaml``."""
 
@@ -85,12 +98,13 @@ class StageParams(BaseModel):
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     optimizer: OptimizerConfig
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "data": ImportedParams, "model": ImportedParams, "trainer": TrainerParams,
-    "optimizer": OptimizerConfig, "mlflow": MlflowParams,
+    "optimizer": OptimizerConfig, "mlflow": MlflowParams, "checkpoint": CheckpointParams,
 }
 _REQUIRED = ("data", "model", "optimizer")
 
@@ -138,6 +152,7 @@ class ParamsFile(BaseModel):
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     optimizer: OptimizerConfig
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
 
 
 def params_schema() -> dict[str, Any]:

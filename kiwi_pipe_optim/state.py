@@ -52,6 +52,28 @@ def save_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler: An
     return path
 
 
+def safe_load(path: str | Path, field: str, what: str, fix: str) -> Any:
+    """``torch.load`` that only rebuilds tensors and plain containers, with one-line refusals.
+
+    Raises:
+        ConfigError: naming ``field``: a missing file, one that carries Python objects (which
+            could run code when loaded), or one that is no torch file at all; ``fix`` says what to do.
+    """
+    shown = f"'{path}'"
+    if not Path(path).is_file():
+        raise ConfigError(Problem(field, f"{shown} does not exist; {fix}"))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(Problem(
+            field, f"{shown} was refused: it holds Python objects that could run code when loaded "
+            f"({first[:120]}); {fix}",
+        )) from None
+    except Exception as e:  # not a torch file at all: truncated, text, another format
+        raise ConfigError(Problem(field, f"{shown} is not {what} ({type(e).__name__}); {fix}")) from None
+
+
 def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any]:
     """Read a state file safely; return ``{"optimizer": ..., "scheduler": ..., "class_name": ...}``.
 
@@ -62,21 +84,7 @@ def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any
             or one that holds no optimizer state.
     """
     shown = f"'{path}'"
-    if not Path(path).is_file():
-        raise ConfigError(Problem(field, f"{shown} does not exist; give a file written by kiwi_pipe_optim.save_state"))
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(Problem(
-            field, f"{shown} was refused: it holds Python objects that could run code when loaded "
-            f"({first[:120]}); only files written by save_state or torch.save(optimizer.state_dict()) load",
-        )) from None
-    except Exception as e:  # not a torch file at all: truncated, text, another format
-        raise ConfigError(Problem(
-            field, f"{shown} is not a saved optimizer state ({type(e).__name__}); "
-            f"give a file written by kiwi_pipe_optim.save_state",
-        )) from None
+    data = safe_load(path, field, "a saved optimizer state", "give a file written by kiwi_pipe_optim.save_state")
     if isinstance(data, dict) and data.get("format") == FORMAT:
         state = data
     elif isinstance(data, dict) and {"state", "param_groups"} <= set(data):

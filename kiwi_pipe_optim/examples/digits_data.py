@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..resumable import ResumableDataLoader
+
 
 class DigitsDataModule:
     """Train/validation split of the digits, as rows of pixels (8 tokens of 8 features).
@@ -51,10 +53,13 @@ class DigitsDataModule:
         return len(self.train)
 
     def train_dataloader(self) -> DataLoader:
+        # Resumable: a run restored from a mid-epoch checkpoint sees the batches it would have seen.
         self.setup()
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return ResumableDataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self.val, batch_size=256)
+        # Its own generator: creating its iterator then draws nothing from the global RNG, so
+        # validation does not shift the dropout masks of the steps after it.
+        return DataLoader(self.val, batch_size=256, generator=torch.Generator().manual_seed(self.seed))

@@ -123,6 +123,17 @@ class _StepRecorder:
         self._started: float | None = None
         self.seconds = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        # In the checkpoint, so that a resumed run's outputs hold the whole run, not its tail.
+        return {"lr": self.lr_history, "loss": self.loss_history, "val": self.val_history,
+                "pending": [self._loss_sum, self._loss_count, self._logged_step]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr_history = [(int(step), dict(lrs)) for step, lrs in state["lr"]]
+        self.loss_history = [(int(step), float(loss)) for step, loss in state["loss"]]
+        self.val_history = [(int(step), int(epoch), dict(values)) for step, epoch, values in state["val"]]
+        self._loss_sum, self._loss_count, self._logged_step = state["pending"]
+
     def _emit(self, key: str, value: float, step: int) -> None:
         if self.sink is not None:
             self.sink(key, value, step)

@@ -122,7 +122,8 @@ def check_reachable(uri: str, field: str, timeout: float = 5.0) -> None:
                                   f"sqlite:///mlflow.db")) from None
 
 
-def _remote(uri: str) -> bool:
+def is_remote(uri: str) -> bool:
+    """A tracking server (rather than a store this process writes itself), which may go away."""
     return uri.startswith(("http://", "https://", "databricks"))
 
 
@@ -136,7 +137,8 @@ class MlflowRun:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str],
-                 artifact_root: Path | None = None, flush_interval_s: float = 5.0, spool_dir: Path | None = None):
+                 artifact_root: Path | None = None, flush_interval_s: float = 5.0, spool_dir: Path | None = None,
+                 resume_run_id: str | None = None):
         from mlflow.entities import Metric
 
         self._metric = Metric
@@ -155,7 +157,12 @@ class MlflowRun:
         else:
             experiment_id = found.experiment_id
         self.experiment_id = experiment_id
-        run = _retrying(self.client.create_run, experiment_id, run_name=run_name, tags=dict(tags))
+        # Values a resumed run already holds (from before its crash) are not sent twice.
+        self._stored: set[tuple[str, int]] = set()
+        self._stored_params: dict[str, str] = {}
+        run = self._reopen(resume_run_id, tags) if resume_run_id else None
+        if run is None:
+            run = _retrying(self.client.create_run, experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self._buffer: list[Any] = []
@@ -167,8 +174,24 @@ class MlflowRun:
         self._spooled = 0  # the first _spooled buffered values are already in the spool file
         self._down_since: float | None = None
 
+    def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
+        try:
+            run = _retrying(self.client.get_run, run_id)
+        except Exception:
+            logger.warning("the MLflow run %s of the checkpoint is not in %s; logging to a new run", run_id, self.uri)
+            return None
+        for key in run.data.metrics:
+            self._stored.update((key, m.step) for m in _retrying(self.client.get_metric_history, run_id, key))
+        self._stored_params = dict(run.data.params)
+        _retrying(self.client.update_run, run_id, status="RUNNING")
+        self.set_tags(tags, run_id)
+        return run
+
     def log_params(self, params: Mapping[str, str]) -> None:
-        self._pending_params.update(params)
+        for key in [k for k in params if k in self._stored_params]:
+            if self._stored_params[key] != params[key]:  # MLflow refuses to change a param
+                logger.warning("param %s of the resumed run stays %r (now %r)", key, self._stored_params[key], params[key])
+        self._pending_params.update({k: v for k, v in params.items() if k not in self._stored_params})
         self._send_params()
 
     def _send_params(self) -> None:
@@ -179,21 +202,23 @@ class MlflowRun:
             try:
                 _retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
             except Exception as e:
-                if not _remote(self.uri):
+                if not is_remote(self.uri):
                     raise
                 self._server_down(e, {"params": chunk})
                 return
             for key in chunk:
                 del self._pending_params[key]
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
+    def set_tags(self, tags: Mapping[str, str], run_id: str | None = None) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            _retrying(self.client.log_batch, self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+            _retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
     def add(self, key: str, value: float, step: int) -> None:
+        if self._stored and (key, step) in self._stored:
+            return
         self._buffer.append(self._metric(key, float(value), int(time.time() * 1000), int(step)))
 
     def flush(self, force: bool = True) -> None:
@@ -207,7 +232,7 @@ class MlflowRun:
             try:
                 _retrying(self.client.log_batch, self.run_id, metrics=batch)
             except Exception as e:
-                if not _remote(self.uri):
+                if not is_remote(self.uri):
                     raise
                 unspooled = self._buffer[self._spooled:]
                 self._spooled = len(self._buffer)
@@ -239,7 +264,7 @@ class MlflowRun:
         try:
             self.client.log_text(self.run_id, text, artifact_file)
         except Exception:
-            if not _remote(self.uri):
+            if not is_remote(self.uri):
                 raise
             logger.warning("could not store the artifact %s of run %s: the MLflow server is unreachable",
                            artifact_file, self.run_id)
@@ -254,7 +279,7 @@ class MlflowRun:
                     _retrying(self.client.set_terminated, self.run_id, status)
                     return
                 except Exception as e:
-                    if not _remote(self.uri):
+                    if not is_remote(self.uri):
                         raise
                     self._server_down(e, {})
             with open(self.spool_path, "a") as f:

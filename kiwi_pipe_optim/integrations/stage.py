@@ -21,13 +21,15 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ResolvedSchedule, read_params
 from ..errors import ConfigError, Problem, did_you_mean
 from ..param_groups import assign, table
 from ..stage_params import ImportedParams, StageParams, load_stage_params
 from . import lightning as kl
+from .checkpoint import (CHECKPOINT_FILE, ResumePoint, check_same_params, checkpointer, read_resume_point,
+                         restore_loader, run_defining)
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -55,6 +57,8 @@ def repository_root() -> Path:
 def import_class(spec: ImportedParams, section: str) -> type:
     module_name, _, class_name = spec.class_path.replace(":", ".").rpartition(".") if ":" not in spec.class_path \
         else spec.class_path.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -223,8 +227,6 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
 def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     params = load_stage_params(params_path)
     out_dir = Path(out_dir)
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
     model_cls = import_class(params.model, "model")
     data_cls = import_class(params.data, "data")
     try:
@@ -245,10 +247,15 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
+    checkpoint_path = out_dir / CHECKPOINT_FILE
+    point = None
+    if params.checkpoint.resume and checkpoint_path.exists():
+        point = read_resume_point(checkpoint_path)  # refuses a file that would run code
+        check_same_params(point, params.raw)
     tracker = None
     rank_zero = is_rank_zero()
     if params.mlflow.enabled and rank_zero:
-        from .mlflow import MlflowRun, check_reachable, tracking_uri
+        from .mlflow import MlflowRun, check_reachable, is_remote, tracking_uri
 
         root = repository_root()
         uri = tracking_uri(params.mlflow.tracking_uri, root)
@@ -258,10 +265,15 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
-                            run_tags(params, flavor), artifact_root=root / "mlartifacts",
+                            run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
                             flush_interval_s=params.mlflow.flush_interval_s,
-                            spool_dir=root / ".kiwi-pipe-optim" / "spool")
+                            spool_dir=root / ".kiwi-pipe-optim" / "spool",
+                            resume_run_id=point.run_id if point else None)
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
+    if point is not None:
+        logger.info("resuming from step %d of %s", point.step, point.path)
+        if tracker is not None:
+            tracker.set_tags({"kiwi.resumed_at_step": str(point.step)})
 
     def on_resolved(resolved: ResolvedSchedule) -> None:
         if tracker is None:
@@ -277,6 +289,9 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
     recorder = kl.step_recorder(flavor, sink=tracker.add if tracker else None,
                                 flush=tracker.flush if tracker else None, on_resolved=on_resolved)
+    saver = checkpointer(flavor, path=checkpoint_path, every_n_steps=params.checkpoint.every_n_steps,
+                         params=run_defining(params.raw), config=params.optimizer,
+                         run_id=tracker.run_id if tracker else None, flush=tracker.flush if tracker else None)
     status = "FAILED"
     try:
         # Seeded after the MLflow run exists: MLflow names runs with Python's global RNG.
@@ -291,15 +306,16 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
             tracker.log_params(flatten(params.raw))
         try:
-            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder]))
+            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver]))
         except (TypeError, ValueError) as e:
             raise ConfigError(Problem("trainer", f"the Trainer refused these arguments: {str(e).splitlines()[0]}")) from None
-        _fit(trainer, model, data, flavor)
+        _fit(trainer, model, data, flavor, point)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
         metrics = {"steps": trainer.global_step}
         if rank_zero:
             metrics = write_outputs(out_dir, recorder, trainer.global_step, trainer.current_epoch)
+            checkpoint_path.unlink(missing_ok=True)  # finished: the next run starts afresh
         status = "FINISHED"
         return metrics
     except (KeyboardInterrupt, SystemExit):
@@ -314,14 +330,21 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             tracker.end(status)
 
 
-def _fit(trainer: Any, model: Any, data: Any, flavor: Any) -> None:
+def _fit(trainer: Any, model: Any, data: Any, flavor: Any, point: ResumePoint | None = None) -> None:
+    resume: dict[str, Any] = {}
+    if point is not None:
+        resume["ckpt_path"] = str(point.path)
+        if "weights_only" in inspect.signature(trainer.fit).parameters:
+            resume["weights_only"] = True  # already checked by read_resume_point; never unpickle code
     if isinstance(data, flavor.LightningDataModule):
-        trainer.fit(model, datamodule=data)
+        trainer.fit(model, datamodule=data, **resume)
         return
     if hasattr(data, "setup"):
         data.setup("fit")
     val = data.val_dataloader() if hasattr(data, "val_dataloader") else None
-    trainer.fit(model, train_dataloaders=data.train_dataloader(), val_dataloaders=val)
+    train = data.train_dataloader()
+    restore_loader(train, point)
+    trainer.fit(model, train_dataloaders=train, val_dataloaders=val, **resume)
 
 
 def main(argv: list[str] | None = None) -> int:

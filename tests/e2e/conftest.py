@@ -2,7 +2,10 @@
 
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,37 @@ def repo_factory(tmp_path):
         return make_repo(tmp_path / name, params)
 
     return factory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1 over a sqlite store, up and answering /health."""
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=cwd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).close()
+            return server
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                stop_server(server)
+                raise AssertionError("mlflow server did not come up on " + url)
+            time.sleep(0.5)
+
+
+def stop_server(server: subprocess.Popen, signal: int = 15) -> None:
+    """Stop the server and its workers (its whole process group)."""
+    try:
+        os.killpg(server.pid, signal)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=30)

@@ -3,18 +3,13 @@
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import BIN
-from tests.e2e.conftest import sh, tool_env
+from tests.e2e.conftest import free_port, sh, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +21,6 @@ EXPERIMENTS = {
     "sgd-plateau": {"class_name": "sgd", "learning_rate": 0.05, "encoder_learning_rate": 0.02,
                     "learning_rate_decay": 0.5, "learning_rate_decay_start": 0},
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,24 +35,10 @@ def mlflow_ui(repo_factory):
         (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         sh([sys.executable, "stages/train.py"], repo, DVC_EXP_NAME=name)
     port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start_mlflow_server(repo / "mlflow.db", port, repo)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise AssertionError("mlflow server did not come up on " + url)
-            time.sleep(0.5)
     yield repo, url
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
+    stop_server(server)
 
 
 def test_mlflow_ui_compares_two_optimizers_with_lr_charts(mlflow_ui, tmp_path):

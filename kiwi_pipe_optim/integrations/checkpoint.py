@@ -1,0 +1,239 @@
+"""Checkpoints a crashed stage resumes from, and the checks that make resuming safe.
+
+The checkpoint lives outside the stage's DVC outputs (DVC deletes those before it runs a stage
+again) and is removed once training has finished. Besides Lightning's own state (model,
+optimizers, schedulers, loops, the train loader's position) it carries the MLflow run to go on
+logging into, the params the run was started with, and the random number generators' state, so
+the resumed steps repeat exactly what an uninterrupted run would have done.
+
+Resuming refuses two things: a checkpoint written with other run-defining params, and one whose
+restored learning rates differ from what the optimizer section gives at the restored step (an
+LR that silently jumps after a resume is the classic bug this guards against).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..config import OptimizerConfig
+from ..errors import ConfigError, Problem
+from ..param_groups import group_names
+from ..schedules import evaluate
+from ..state import safe_load
+
+FORMAT = "kiwi-pipe-optim/resume"
+CHECKPOINT_FILE = Path(".kiwi-pipe-optim") / "checkpoints" / "train.ckpt"
+# What may change between a crash and its resume: where and how the run is logged and saved.
+NOT_RUN_DEFINING = ("mlflow", "checkpoint", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                    "trainer.log_every_n_steps")
+FIELD = "checkpoint"
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_defining(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The params that decide what a run computes, flat with DVC's dotted names."""
+    return {
+        key: repr(value) for key, value in sorted(_flat(raw).items())
+        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_RUN_DEFINING)
+    }
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the stage needs to know about a checkpoint before it starts MLflow or Lightning."""
+
+    path: Path
+    step: int
+    run_id: str | None
+    params: dict[str, str]
+    loader_states: tuple[Any, ...] = ()
+
+
+def _fresh(path: Path) -> str:
+    return f"delete '{path}' (or set checkpoint.resume: false) to start afresh"
+
+
+def read_resume_point(path: str | Path) -> ResumePoint:
+    """Read a stage checkpoint without unpickling any code.
+
+    Raises:
+        ConfigError: the file carries Python objects (a tampered checkpoint), is no torch file,
+            or was not written by the stage.
+    """
+    path = Path(path)
+    data = safe_load(path, FIELD, "a checkpoint of this stage", _fresh(path))
+    states = data.get("callbacks") if isinstance(data, dict) else None
+    ours = [s for s in (states or {}).values() if isinstance(s, dict) and s.get("format") == FORMAT]
+    if not ours:
+        raise ConfigError(Problem(FIELD, f"'{path}' was not written by this stage; {_fresh(path)}"))
+    state = ours[0]
+    fit_loop = (data.get("loops") or {}).get("fit_loop") or {}
+    loaders = (fit_loop.get("state_dict") or {}).get("combined_loader") or []
+    return ResumePoint(path, int(state["step"]), state.get("run_id"), dict(state["params"]), tuple(loaders))
+
+
+def restore_loader(loader: Any, point: ResumePoint | None) -> None:
+    """Put a resumable train loader back where the checkpoint left it, before ``fit`` starts.
+
+    Lightning restores loader state only when it builds the loaders after restoring the loops;
+    a ``configure_optimizers`` that asks for ``trainer.estimated_stepping_batches`` (ours does)
+    makes it build them earlier, and the state would be dropped.
+    """
+    if point is not None and len(point.loader_states) == 1 and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(point.loader_states[0])
+
+
+def check_same_params(point: ResumePoint, raw: Mapping[str, Any]) -> None:
+    """Refuse to resume a run whose schedule-defining params changed since its checkpoint.
+
+    Raises:
+        ConfigError: listing what changed (``key: old -> new``) and how to start afresh.
+    """
+    now = run_defining(raw)
+    changed = [f"{key}: {point.params.get(key, '(unset)')} -> {now.get(key, '(unset)')}"
+               for key in sorted(set(now) | set(point.params)) if now.get(key) != point.params.get(key)]
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ConfigError(Problem(
+            FIELD, f"'{point.path}' holds a run stopped at step {point.step} with other params ({shown}); "
+            f"resuming would not continue the same run: restore those params to resume, or {_fresh(point.path)}"))
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy
+
+    name, keys, pos, has_gauss, gauss = numpy.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    import numpy
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    numpy.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+def check_restored_lrs(optimizer: torch.optim.Optimizer, config: OptimizerConfig, resolved: Any, step: int,
+                       path: Path, rel_tol: float = 1e-6) -> None:
+    """Compare the LRs a restored optimizer holds with what ``config`` gives at ``step``.
+
+    Raises:
+        ConfigError: the first group whose LR differs, with both values.
+    """
+    if resolved is None or resolved.name == "plateau":  # plateau's LR follows the metric, not the step
+        return
+    factor = float(evaluate(resolved, torch.tensor([float(step)], dtype=torch.float64))[0])
+    base = config.group_learning_rates()
+    for name, group in zip(group_names(optimizer), optimizer.param_groups):
+        if name not in base:
+            continue
+        expected, restored = base[name] * factor, float(group["lr"])
+        if not math.isclose(expected, restored, rel_tol=rel_tol, abs_tol=1e-12):
+            raise ConfigError(Problem(
+                FIELD, f"'{path}' restored lr/{name} = {restored:.6g} at step {step}, but the optimizer section "
+                f"gives {expected:.6g} there ({resolved.name} schedule); the schedule changed since the checkpoint: "
+                f"{_fresh(path)}"))
+
+
+class _Checkpointer:
+    """Saves every ``every_n_steps`` optimizer steps, right after the step, and restores.
+
+    A step that ends an epoch is saved at the epoch's end instead, after validation, so a resume
+    never repeats or skips an epoch's validation. Before each save, ``flush`` sends what the run
+    has logged so far: the checkpoint never claims steps MLflow does not hold.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int, params: dict[str, str], config: OptimizerConfig,
+                 run_id: str | None = None, flush: Callable[[bool], None] | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.params = params
+        self.config = config
+        self.run_id = run_id
+        self.flush = flush
+        self.resumed_step: int | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._saved_step = -1
+        self._due = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "run_id": self.run_id, "params": self.params, "step": self._saved_step,
+                "rng": _rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumed_step = self._saved_step = int(state["step"])
+        self._rng_to_restore = state.get("rng")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.resumed_step is None:
+            return
+        resolved = getattr(pl_module, "kiwi_resolved", None)
+        for optimizer in trainer.optimizers:
+            check_restored_lrs(optimizer, self.config, resolved, trainer.global_step, self.path)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        # Restored here, not at load time: what Lightning does between the two (a sanity check,
+        # building the loaders) would otherwise draw from the generators first.
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._saved_step:
+            return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._due = True
+            return
+        self._save(trainer, batch_idx + 1)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._due:
+            self._due = False
+            self._save(trainer, math.inf)
+
+    def _save(self, trainer: Any, consumed: float) -> None:
+        loader = trainer.train_dataloader
+        if hasattr(loader, "mark_consumed"):
+            loader.mark_consumed(len(loader) if consumed == math.inf else int(consumed))
+        if self.flush is not None:
+            self.flush(True)
+        self._saved_step = trainer.global_step
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if "weights_only" in inspect.signature(trainer.save_checkpoint).parameters:
+            trainer.save_checkpoint(tmp, weights_only=False)  # the whole training state, not only the weights
+        else:
+            trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
+
+
+def checkpointer(flavor: ModuleType, **kwargs: Any) -> Any:
+    """A :class:`_Checkpointer` that is a ``Callback`` of the given Lightning flavor."""
+    cls = type("Checkpointer", (_Checkpointer, flavor.Callback), {"__module__": __name__})
+    return cls(**kwargs)
