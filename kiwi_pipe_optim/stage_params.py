@@ -81,7 +81,7 @@ class CheckpointParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     every_n_steps: int = Field(
-        50, ge=0, description="Save model, optimizer, scheduler and loop state every this many optimizer steps "
+        100, ge=0, description="Save model, optimizer, scheduler and loop state every this many optimizer steps "
         "(0: never), so that the next run of the stage after a crash resumes from there.")
     resume: bool = Field(
         True, description="Resume from the checkpoint an interrupted run left; false starts afresh and "

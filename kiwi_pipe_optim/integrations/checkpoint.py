@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -161,19 +161,19 @@ class _Checkpointer:
     """Saves every ``every_n_steps`` optimizer steps, right after the step, and restores.
 
     A step that ends an epoch is saved at the epoch's end instead, after validation, so a resume
-    never repeats or skips an epoch's validation. Before each save, ``flush`` sends what the run
-    has logged so far: the checkpoint never claims steps MLflow does not hold.
+    never repeats or skips an epoch's validation. Values logged but not yet sent to MLflow need
+    no send here: the step recorder's history is part of the checkpoint, and a resume sends what
+    the run lacks.
     """
 
     def __init__(self, path: Path, every_n_steps: int, params: dict[str, str], config: OptimizerConfig,
-                 run_id: str | None = None, flush: Callable[[bool], None] | None = None):
+                 run_id: str | None = None):
         super().__init__()
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.params = params
         self.config = config
         self.run_id = run_id
-        self.flush = flush
         self.resumed_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._saved_step = -1
@@ -219,8 +219,6 @@ class _Checkpointer:
         loader = trainer.train_dataloader
         if hasattr(loader, "mark_consumed"):
             loader.mark_consumed(len(loader) if consumed == math.inf else int(consumed))
-        if self.flush is not None:
-            self.flush(True)
         self._saved_step = trainer.global_step
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:

@@ -129,10 +129,20 @@ class _StepRecorder:
                 "pending": [self._loss_sum, self._loss_count, self._logged_step]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the history and hand all of it to the sink again: values logged before the
+        checkpoint but lost with the crashed process reach MLflow (which skips those it holds)."""
         self.lr_history = [(int(step), dict(lrs)) for step, lrs in state["lr"]]
         self.loss_history = [(int(step), float(loss)) for step, loss in state["loss"]]
         self.val_history = [(int(step), int(epoch), dict(values)) for step, epoch, values in state["val"]]
         self._loss_sum, self._loss_count, self._logged_step = state["pending"]
+        for step, lrs in self.lr_history:
+            for name, lr in lrs.items():
+                self._emit(f"lr/{name}", lr, step)
+        for step, loss in self.loss_history:
+            self._emit("train_loss", loss, step)
+        for step, _, values in self.val_history:
+            for key, value in values.items():
+                self._emit(key, value, step)
 
     def _emit(self, key: str, value: float, step: int) -> None:
         if self.sink is not None:

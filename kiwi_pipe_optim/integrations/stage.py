@@ -291,7 +291,7 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
                                 flush=tracker.flush if tracker else None, on_resolved=on_resolved)
     saver = checkpointer(flavor, path=checkpoint_path, every_n_steps=params.checkpoint.every_n_steps,
                          params=run_defining(params.raw), config=params.optimizer,
-                         run_id=tracker.run_id if tracker else None, flush=tracker.flush if tracker else None)
+                         run_id=tracker.run_id if tracker else None)
     status = "FAILED"
     try:
         # Seeded after the MLflow run exists: MLflow names runs with Python's global RNG.

@@ -38,8 +38,9 @@ class DyingDigits(DigitsTransformer):
 KEYS = ("lr/default", "lr/encoder", "train_loss", "val_loss", "val_acc")
 
 
-def make(repo_factory, name, every_n_steps):
-    repo = repo_factory({**PARAMS, "checkpoint": {"every_n_steps": every_n_steps}}, name=name)
+def make(repo_factory, name, every_n_steps, flush_interval_s=5.0):
+    repo = repo_factory({**PARAMS, "checkpoint": {"every_n_steps": every_n_steps},
+                         "mlflow": {"flush_interval_s": flush_interval_s}}, name=name)
     (repo / "user_model.py").write_text(DYING)
     sh(["git", "add", "user_model.py"], repo)
     sh(["git", "commit", "-qm", "user model"], repo)
@@ -65,23 +66,27 @@ def uninterrupted(tmp_path_factory):
     return repo, curves
 
 
-@pytest.mark.parametrize("every_n_steps, die_at", [(3, 8), (5, 12)], ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("every_n_steps, die_at, flush_interval_s", [(3, 8, 5.0), (5, 12, 5.0), (3, 11, 0.0)],
+                         ids=["mid-epoch", "epoch-end", "sent-past-the-checkpoint"])
 def test_kill_9_then_repro_resumes_the_same_run_with_identical_curves(repo_factory, uninterrupted, every_n_steps,
-                                                                     die_at):
+                                                                     die_at, flush_interval_s):
     base_repo, expected = uninterrupted
-    repo = make(repo_factory, "killed", every_n_steps)
+    repo = make(repo_factory, "killed", every_n_steps, flush_interval_s)
     crashed = sh(["dvc", "repro"], repo, check=False, DIE_AT_STEP=str(die_at))
     assert crashed.returncode != 0 and (repo / "died").exists()
     assert (repo / CHECKPOINT).exists() and not (repo / "metrics.json").exists()
-    [run], _ = histories(repo)
+    [run], before = histories(repo)
     assert run.info.status == "RUNNING"  # a SIGKILL leaves no chance to end it
+    checkpoint_step = die_at // every_n_steps * every_n_steps
+    if flush_interval_s == 0:  # sent at every epoch end: MLflow already holds steps the resume repeats
+        assert max(step for step, _ in before["lr/default"]) >= checkpoint_step
 
     resumed = sh(["dvc", "repro"], repo, DIE_AT_STEP=str(die_at))
     assert "resuming from step" in resumed.stderr
     runs, curves = histories(repo)
     assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
     assert curves == expected  # one value per step, bitwise equal to the uninterrupted run
-    assert runs[0].data.tags["kiwi.resumed_at_step"] == str(die_at // every_n_steps * every_n_steps)
+    assert runs[0].data.tags["kiwi.resumed_at_step"] == str(checkpoint_step)
     for name in ("plots/lr.csv", "plots/loss.csv"):
         assert (repo / name).read_text() == (base_repo / name).read_text()
     assert not (repo / CHECKPOINT).exists()  # finished: the next run starts afresh
