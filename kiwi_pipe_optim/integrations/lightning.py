@@ -124,15 +124,29 @@ class _StepRecorder:
         self.seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        # In the checkpoint, so that a resumed run's outputs hold the whole run, not its tail.
-        return {"lr": self.lr_history, "loss": self.loss_history, "val": self.val_history,
-                "pending": [self._loss_sum, self._loss_count, self._logged_step]}
+        # In the checkpoint, so that a resumed run's outputs hold the whole run, not its tail. As
+        # tensors: pickling a list of thousands of small objects made a save ten times slower.
+        groups: list[str] = []
+        for _, lrs in self.lr_history:
+            groups.extend(g for g in lrs if g not in groups)
+        nan = float("nan")
+        return {
+            "lr_groups": groups,
+            "lr_steps": torch.tensor([step for step, _ in self.lr_history], dtype=torch.int64),
+            "lr": torch.tensor([[lrs.get(g, nan) for g in groups] for _, lrs in self.lr_history],
+                               dtype=torch.float64).reshape(len(self.lr_history), len(groups)),
+            "loss": torch.tensor(self.loss_history, dtype=torch.float64).reshape(len(self.loss_history), 2),
+            "val": self.val_history,
+            "pending": [self._loss_sum, self._loss_count, self._logged_step],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the history and hand all of it to the sink again: values logged before the
         checkpoint but lost with the crashed process reach MLflow (which skips those it holds)."""
-        self.lr_history = [(int(step), dict(lrs)) for step, lrs in state["lr"]]
-        self.loss_history = [(int(step), float(loss)) for step, loss in state["loss"]]
+        groups = list(state["lr_groups"])
+        self.lr_history = [(step, {g: lr for g, lr in zip(groups, row) if not math.isnan(lr)})
+                           for step, row in zip(state["lr_steps"].tolist(), state["lr"].tolist())]
+        self.loss_history = [(int(step), loss) for step, loss in state["loss"].tolist()]
         self.val_history = [(int(step), int(epoch), dict(values)) for step, epoch, values in state["val"]]
         self._loss_sum, self._loss_count, self._logged_step = state["pending"]
         for step, lrs in self.lr_history:
