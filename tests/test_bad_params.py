@@ -85,7 +85,7 @@ def test_code_carrying_pickle_as_optimizer_load_is_refused_before_anything_runs(
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         assert main(["--params", "params.yaml"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"params.yaml:") and f"optimizer.load: '{name}'" in err, err
+        assert err.startswith("params.yaml:") and f"optimizer.load: '{name}'" in err, err
         assert "refused" in err or "not a saved optimizer state" in err
         assert not marker.exists()
         assert not (tmp_path / "mlflow.db").exists()

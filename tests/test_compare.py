@@ -3,7 +3,6 @@
 import subprocess
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from kiwi_pipe_optim.integrations.mlflow import MlflowRun
 from tests.conftest import BIN
