@@ -3,7 +3,6 @@
 import csv
 import json
 import subprocess
-import time
 
 import jsonschema
 import lightning.pytorch as L
@@ -117,13 +116,15 @@ def test_preview_cli_writes_csv_and_png(tmp_path):
     assert max(rows, key=lambda r: r[1])[0] == 5  # peak at s = step + 1 = warmup
 
 
-def test_preview_of_a_million_steps_is_fast(tmp_path):
+def test_preview_of_a_million_steps_keeps_the_csv_small(tmp_path):
+    # Its speed (< 0.5 s) is measured by benchmarks/run.py, side by side with stepping LambdaLR.
     config = OptimizerConfig(class_name="adamw", learning_rate=1e-3, warmup_steps=0.01, scheduler="cosine")
-    started = time.perf_counter()
     result = curves(config, 1_000_000)
     write_csv(tmp_path / "s.csv", result)
     assert result.lrs["default"].shape == (1_000_000,)
-    assert time.perf_counter() - started < 5  # generous here; benchmarks/ measures the 0.5 s target
+    header, rows = read_csv(tmp_path / "s.csv")
+    assert header == ["step", "default"] and len(rows) <= 5001
+    assert rows[0][0] == 0 and rows[-1][0] == 999_999 and max(r[1] for r in rows) == 1e-3
 
 
 def test_schema_accepts_the_repository_params_and_rejects_a_typo():
