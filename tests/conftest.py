@@ -8,6 +8,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+class Exploit:
+    """Unpickling it creates the file ``marker``: a stand-in for a pickle that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture
 def write_params(tmp_path):
     """Write a params.yaml text into a temp dir and return its path."""

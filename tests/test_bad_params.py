@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kiwi_pipe_optim.integrations.stage import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Exploit
 
 CORPUS = sorted((Path(__file__).parent / "bad_params").iterdir())
 EXPECT = {"empty.yaml": "the file is empty", "binary_junk.yaml": "not a text file (byte 0x80 at offset 128)"}
@@ -60,14 +60,6 @@ def test_broken_params_through_the_real_script(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "mlflow.db").exists()
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_code_carrying_pickle_as_optimizer_load_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
     import pickle
 
@@ -77,8 +69,8 @@ def test_code_carrying_pickle_as_optimizer_load_is_refused_before_anything_runs(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     marker = tmp_path / "code-ran"
-    torch.save({"optimizer": _Exploit(str(marker))}, tmp_path / "evil.pt")
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_Exploit(str(marker))))
+    torch.save({"optimizer": Exploit(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Exploit(str(marker))))
     for name in ("evil.pt", "evil.pkl"):
         params = yaml.safe_load((CORPUS[0].parent / "unknown_optimizer.yaml").read_text())
         params["optimizer"].update(class_name="adamw", load=name)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kiwi_pipe_optim import ConfigError, OptimizerConfig, from_config, save_state
+from tests.conftest import Exploit
 
 
 def train(opt, sched, model, steps):
@@ -45,14 +46,6 @@ def test_plain_optimizer_state_dict_is_accepted(tmp_path):
     torch.save(opt.state_dict(), tmp_path / "plain.pt")
     _, opt2, _ = make({**SECTION, "load": str(tmp_path / "plain.pt")}, model)
     assert opt2.state_dict()["state"][0]["step"] == 3
-
-
-class Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_code_carrying_pickle_is_refused_and_never_run(tmp_path):

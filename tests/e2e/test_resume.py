@@ -10,6 +10,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import Exploit
 from tests.e2e.conftest import sh
 
 pytestmark = pytest.mark.e2e
@@ -141,19 +142,11 @@ def test_restored_lr_that_differs_from_the_schedule_is_refused(repo_factory):
     assert run.info.status == "FAILED"
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_tampered_checkpoint_is_refused_and_runs_nothing(repo_factory):
     repo = crash(repo_factory, "tampered")
     marker = repo / "code-ran"
     with open(repo / CHECKPOINT, "wb") as f:
-        pickle.dump({"state_dict": {}, "callbacks": {"x": _Payload(str(marker))}}, f)
+        pickle.dump({"state_dict": {}, "callbacks": {"x": Exploit(marker)}}, f)
     result = stage(repo)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"checkpoint: '{CHECKPOINT}' was refused: it holds Python objects that could run code" in result.stderr
