@@ -98,7 +98,8 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def check_reachable(uri: str, field: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, field: str, timeout: float = 5.0,
+                    fix: str = "or unset it to log to sqlite:///mlflow.db") -> None:
     """Fail fast, before any training, when a tracking server cannot be reached.
 
     Raises:
@@ -118,8 +119,7 @@ def check_reachable(uri: str, field: str, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
-                                  f"`mlflow server --host 127.0.0.1 --port 5000`), or unset it to log to "
-                                  f"sqlite:///mlflow.db")) from None
+                                  f"`mlflow server --host 127.0.0.1 --port 5000`), {fix}")) from None
 
 
 def is_remote(uri: str) -> bool:
@@ -298,10 +298,11 @@ def send_spool(path: str | Path, uri: str | None = None) -> tuple[str, int]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    path = Path(path)
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    header, records = lines[0], lines[1:]
-    client = MlflowClient(tracking_uri=uri or header["uri"])
+    header, records = read_spool(path)
+    check_reachable(uri or header["uri"], "--tracking-uri" if uri else f"{path}:1: uri",
+                    fix="or give the server's URI with --tracking-uri")
+    uri = uri or header["uri"]
+    client = MlflowClient(tracking_uri=uri)
     run_id = header["run_id"]
     metrics = [Metric(*row) for r in records for row in r.get("metrics", [])]
     params = {k: v for r in records for k, v in r.get("params", {}).items()}
@@ -313,5 +314,34 @@ def send_spool(path: str | Path, uri: str | None = None) -> tuple[str, int]:
     statuses = [r["status"] for r in records if "status" in r]
     if statuses:
         client.set_terminated(run_id, statuses[-1])
-    path.unlink()
+    Path(path).unlink()
     return run_id, len(metrics)
+
+
+def read_spool(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header (run id, tracking URI) and the records of a spool file, checked line by line.
+
+    Raises:
+        ConfigError: the file is missing, or a line is not what the stage writes.
+    """
+    from ..errors import ConfigError, Problem
+
+    fix = "give a file the stage wrote to .kiwi-pipe-optim/spool/"
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(Problem("", f"{path}: cannot read it ({type(e).__name__}); {fix}")) from None
+    lines: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or (not lines and not {"run_id", "uri"} <= set(record)):
+            raise ConfigError(Problem("", f"{path}:{number}: not a spool record ({line[:60]!r}); {fix}"))
+        lines.append(record)
+    if not lines:
+        raise ConfigError(Problem("", f"{path}: the file is empty; {fix}"))
+    return lines[0], lines[1:]
