@@ -31,6 +31,7 @@ from ..errors import ConfigError, Problem
 from ..param_groups import group_names
 from ..schedules import evaluate
 from ..state import safe_load
+from .mlflow import flatten
 
 FORMAT = "kiwi-pipe-optim/resume"
 CHECKPOINT_FILE = Path(".kiwi-pipe-optim") / "checkpoints" / "train.ckpt"
@@ -40,20 +41,10 @@ NOT_RUN_DEFINING = ("mlflow", "checkpoint", "trainer.enable_progress_bar", "trai
 FIELD = "checkpoint"
 
 
-def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def run_defining(raw: Mapping[str, Any]) -> dict[str, str]:
-    """The params that decide what a run computes, flat with DVC's dotted names."""
+    """The params that decide what a run computes, flat with DVC's dotted names (as MLflow has them)."""
     return {
-        key: repr(value) for key, value in sorted(_flat(raw).items())
+        key: value for key, value in sorted(flatten(raw).items())
         if not any(key == skip or key.startswith(skip + ".") for skip in NOT_RUN_DEFINING)
     }
 
