@@ -387,7 +387,7 @@ def main() -> int:
     missed = [r for r in rows if r.ok is False]
     print(f"{len(rows) - len(missed)} of {len(rows)} figures on target; {len(missed)} missed; "
           f"{time.perf_counter() - started:.0f} s")
-    return 0
+    return 1 if missed else 0  # a MISS fails the run, so a script or CI step can rely on the exit code
 
 
 if __name__ == "__main__":

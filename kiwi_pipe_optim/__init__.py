@@ -16,9 +16,12 @@ import importlib
 import logging
 from typing import Any
 
-from .config import OptimizerConfig, ResolvedSchedule, load_config, read_params
+from .config import OptimizerConfig, load_config
 from .errors import ConfigError, Problem
-from .specs import list_optimizers, list_schedules
+from .params_file import read_params
+from .resolve import ResolvedSchedule
+from .schedules import list_schedules
+from .specs import list_optimizers
 
 __version__ = "0.1.0"
 

@@ -12,18 +12,21 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from .config import SECTION, load_config, read_params
-from .errors import ConfigError, Problem
-from .specs import OPTIMIZER_SPECS, SCHEDULE_SPECS
+from .config import SECTION, load_config
+from .errors import ConfigError, Finding, Problem
+from .params_file import read_params
+from .schedules import SCHEDULE_SPECS
+from .specs import OPTIMIZER_SPECS
 
 EXIT_INVALID = 2
 
 
-def _print_findings(findings: list[Any]) -> bool:
+def _print_findings(findings: list[Finding], source: str | None = None, lines: dict[str, int] | None = None) -> bool:
+    """Every finding once, located in the params file; True if any is an error."""
     for finding in findings:
-        print(finding, file=sys.stderr)
+        print(finding.located(source, lines), file=sys.stderr)
     return any(f.level == "error" for f in findings)
 
 
@@ -33,12 +36,12 @@ def _validate(args: argparse.Namespace) -> int:
     from .lint import lint
 
     config = load_config(args.params, args.section)
-    raw, _ = read_params(args.params)
+    _, lines = read_params(args.params)
     body = {args.section: config.model_dump(mode="json", exclude_none=True)}
     print(yaml.safe_dump(body, sort_keys=False).rstrip())
     how = "set by optimizer.scheduler" if config.scheduler else "chosen from class_name / learning_rate_decay"
     print(f"# schedule: {config.schedule_name} ({how})")
-    return EXIT_INVALID if _print_findings(lint(config, raw.get(args.section))) else 0
+    return EXIT_INVALID if _print_findings(lint(config), args.params, lines) else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -46,13 +49,13 @@ def _list(args: argparse.Namespace) -> int:
     for name, spec in sorted(OPTIMIZER_SPECS.items()):
         print(f"  {name:<13} torch.optim.{spec.torch_class:<11} {spec.description}")
     print("schedules (optimizer.scheduler):")
-    for name, spec in sorted(SCHEDULE_SPECS.items()):
-        print(f"  {name:<13} per {spec.interval:<6} {spec.description}")
+    for name, sspec in sorted(SCHEDULE_SPECS.items()):
+        print(f"  {name:<13} per {sspec.interval:<6} {sspec.description}")
     return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .stage_params import params_schema
+    from .integrations.params import params_schema
 
     text = json.dumps(params_schema(), indent=2) + "\n"
     if args.output:
@@ -62,79 +65,37 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_data(params: Any) -> Any:
-    from .integrations.stage import import_class, instantiate
-
-    return instantiate(import_class(params.data, "data"), params.data, "data")
-
-
-def run_steps_from_params(params: Any, train_size: int | None = None) -> tuple[int, str]:
-    """The run's optimizer steps from the params, counted as the trainer will; and how."""
-    from .preview import stepping_batches
-
-    data = None
-    if train_size is None:
-        data = _import_data(params)
-        train_size = getattr(data, "train_size", None)
-        if train_size is None:
-            data.setup("fit")
-            train_size = len(data.train_dataloader().dataset)
-    batch_size = params.data.init_args.get("batch_size", getattr(data, "batch_size", None))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(Problem("data.init_args.batch_size", f"{batch_size!r} is not known or not a batch size; "
-                                  f"set it, or pass --training-steps"))
-    trainer = params.trainer.trainer_kwargs()
-    devices = trainer.get("devices", 1)
-    world = (len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) and devices > 0
-             else 1) * int(trainer.get("num_nodes", 1))
-    max_steps = int(trainer.get("max_steps", -1))
-    max_epochs = trainer.get("max_epochs")
-    if max_epochs is None and max_steps == -1:
-        max_epochs = 1000  # Lightning's own default
-    steps = stepping_batches(train_size, batch_size, max_epochs, int(trainer.get("accumulate_grad_batches", 1)),
-                             world, max_steps, trainer.get("limit_train_batches"),
-                             bool(getattr(data, "drop_last", False)))
-    how = (f"{train_size} examples, batch {batch_size}, {max_epochs} epochs, accumulate "
-           f"{trainer.get('accumulate_grad_batches', 1)}, {world} process(es)")
-    return steps, how
-
-
-def _model_size(params: Any, given: int | None) -> int | None:
-    if given is not None:
-        return given
-    for key in ("model_size", "d_model", "hidden_size", "hidden"):
-        value = params.model.init_args.get(key) if params is not None else None
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def _preview(args: argparse.Namespace) -> int:
     from .lint import lint, resolve_errors
     from .preview import curves, plot_png, write_csv
 
-    raw, _ = read_params(args.params)
+    _, lines = read_params(args.params)
     params = None
     if args.training_steps is not None:
         config = load_config(args.params)
         steps, how = args.training_steps, "given with --training-steps"
     else:
-        from .stage_params import load_stage_params
+        from .integrations.params import load_stage_params
+        from .integrations.steps import run_steps_from_params
 
         params = load_stage_params(args.params)
         config = params.optimizer
         steps, how = run_steps_from_params(params, args.train_size)
-    model_size = _model_size(params, args.model_size)
-    if config.schedule_name == "noam" and model_size is None:
-        raise ConfigError(Problem("model.init_args.d_model", "the noam schedule needs the model size; set d_model "
-                                  "in the model's init_args or pass --model-size"))
-    model_cls = None
-    if params is not None and (config.schedule_name == "plateau" or config.encoder_learning_rate is not None):
-        from .integrations.stage import import_class
+    model_size = args.model_size
+    if model_size is None and params is not None and config.schedule_spec.needs_model_size:
+        from .integrations.classes import model_size_from_params
 
-        model_cls = import_class(params.model, "model")
-    findings = resolve_errors(config, steps, model_size) + lint(config, raw.get(SECTION), steps, model_cls)
-    if _print_findings([f for f in findings if f.level == "error"]):
+        model_size = model_size_from_params(params)
+    if model_size is None and config.schedule_spec.needs_model_size:
+        raise ConfigError(Problem("optimizer.scheduler", f"the {config.schedule_name} schedule needs the model size; "
+                                  f"pass --model-size, or let preview read the params' model"))
+    findings = resolve_errors(config, steps, model_size) + lint(config, steps)
+    if params is not None:
+        from .integrations.model_lint import lint_model
+        from .integrations.classes import import_class
+
+        findings += lint_model(config, import_class(params.model, "model"))
+    if _print_findings([f for f in findings if f.level == "error"], args.params, lines):
         return EXIT_INVALID
     result = curves(config, steps, model_size)
     r = result.resolved
@@ -147,7 +108,7 @@ def _preview(args: argparse.Namespace) -> int:
         print(f"wrote {write_csv(args.csv, result, args.max_points)}")
     if args.png:
         print(f"wrote {plot_png(args.png, result)}")
-    _print_findings([f for f in findings if f.level != "error"])
+    _print_findings([f for f in findings if f.level != "error"], args.params, lines)
     return 0
 
 
@@ -155,9 +116,9 @@ def _groups(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .integrations.stage import import_class, instantiate
+    from .integrations.params import load_stage_params
+    from .integrations.classes import import_class, instantiate
     from .param_groups import assign
-    from .stage_params import load_stage_params
 
     params = load_stage_params(args.params)
     model = instantiate(import_class(params.model, "model"), params.model, "model")
@@ -245,8 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
-    # lint reports the config's warnings, once, with the rest
-    logging.getLogger("kiwi_pipe_optim").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

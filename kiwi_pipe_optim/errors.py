@@ -8,8 +8,9 @@ reported together instead of one per run.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,32 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something validation or lint noticed: an ``error`` stops the run, a ``warning`` is safe to
+    ignore. Every finding travels one way (returned, then printed or logged once by the caller),
+    so a user sees it exactly once."""
+
+    level: str  # "error" or "warning"
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.path}: {self.message}"
+
+    def located(self, source: str | None, lines: dict[str, int] | None = None) -> str:
+        """``file:line: level: path: message`` where the file (and the key's line) is known."""
+        line = self.line or _nearest_line(self.path, lines or {})
+        if not source or self.path.isupper():
+            return str(self)
+        return f"{source}:{line}: {self}" if line else f"{source}: {self}"
+
+    @classmethod
+    def errors(cls, problems: Iterable[Problem]) -> list["Finding"]:
+        return [cls("error", p.path, p.message, p.line) for p in problems]
 
 
 class ConfigError(ValueError):
@@ -63,6 +90,14 @@ def _nearest_line(path: str, lines: dict[str, int]) -> int | None:
             return lines[path]
         path = path.rpartition(".")[0]
     return None
+
+
+def show(value: Any) -> str:
+    """A value as a user wrote it, short enough for a one-line message."""
+    text = f"'{value}'" if isinstance(value, str) else repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        text = str(value)  # nan, inf, -inf
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def choices(names: Iterable[str]) -> str:

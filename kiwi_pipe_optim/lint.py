@@ -1,74 +1,37 @@
-"""Warnings and errors about a schedule that is valid but probably not what was meant.
+"""What is valid but probably not what was meant, as findings the caller shows once.
 
-Each finding names the field and says what to change. Checks that need the run's step count or
-the model class run only when those are known.
+Validation raises only for what cannot run; everything here is returned as a
+:class:`~kiwi_pipe_optim.errors.Finding`. ``kiwi-optim validate``/``preview`` and the stage print
+the findings themselves; :func:`report` logs them from the library, at most once per config, so
+a user sees each exactly once whichever way the config travelled. Checks that need the run's
+step count run only when it is known; checks that need the model class live with the Lightning
+glue (:mod:`kiwi_pipe_optim.integrations.model_lint`).
 """
 
 from __future__ import annotations
 
-import inspect
-import re
-from dataclasses import dataclass
-from typing import Any, Mapping
+import logging
+from typing import Callable, Iterable
 
-from .config import OptimizerConfig, show
-from .errors import ConfigError
-from .specs import SCHEDULE_SPECS
+from .config import OptimizerConfig
+from .errors import ConfigError, Finding, choices, show
+from .schedules import SCHEDULE_SPECS
 
-_LOGGED = re.compile(r"""\.log\(\s*["']([^"']+)["']""")
-_LOGGED_DICT_KEY = re.compile(r"""["']([A-Za-z_][\w/.-]*)["']\s*:""")
+logger = logging.getLogger("kiwi_pipe_optim")
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: str  # "error" or "warning"
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.level}: {self.path}: {self.message}"
-
-
-def _source_of(model_cls: type) -> str:
-    texts = []
-    for cls in model_cls.__mro__:
-        module = cls.__module__ or ""
-        if module.startswith(("lightning", "pytorch_lightning", "torch", "builtins", "typing")):
-            continue
-        try:
-            texts.append(inspect.getsource(cls))
-        except (OSError, TypeError):
-            pass
-    return "\n".join(texts)
-
-
-def logged_metrics(model_cls: type) -> set[str]:
-    """Metric names a LightningModule logs with a literal name (``self.log("val_loss", ...)``)."""
-    source = _source_of(model_cls)
-    names = set(_LOGGED.findall(source))
-    for call in re.findall(r"log_dict\((.*?)\)", source, flags=re.S):
-        names.update(_LOGGED_DICT_KEY.findall(call))
-    return names
-
-
-def lint(config: OptimizerConfig, raw: Mapping[str, Any] | None = None, run_steps: int | None = None,
-         model_cls: type | None = None) -> list[Finding]:
-    """Everything suspicious about ``config``; errors first.
-
-    Args:
-        config: the validated section.
-        raw: the section as written (to tell ``warmup_steps: 1`` from ``1.0``).
-        run_steps: optimizer steps the trainer will run, if known.
-        model_cls: the LightningModule class, if known.
-    """
+def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]:
+    """Everything suspicious about ``config`` (and its run's step count, when known); errors first."""
     found: list[Finding] = []
-    raw = raw or {}
-    spec = config.optimizer_spec
-    schedule = config.schedule_name
-    sspec = SCHEDULE_SPECS[schedule]
+    spec, schedule, sspec = config.optimizer_spec, config.schedule_name, config.schedule_spec
     warmup = config.warmup_steps
 
-    if sspec.uses_warmup and raw.get("warmup_steps") == 1 and not isinstance(raw.get("warmup_steps"), (bool, float)):
+    if warmup is not None and not sspec.uses_warmup:
+        # Safe to ignore, and common after `dvc exp run -S optimizer.class_name=...`.
+        found.append(Finding("warning", "optimizer.warmup_steps", f"{show(warmup)} is not used by the {schedule} "
+                             f"schedule; remove it or choose a schedule with warm-up: "
+                             f"{choices(n for n, s in SCHEDULE_SPECS.items() if s.uses_warmup)}"))
+    if sspec.uses_warmup and config.warmup_written_as_one:
         found.append(Finding("warning", "optimizer.warmup_steps",
                              "1 means a fraction of 1.0: warm-up over the whole run, so the LR only reaches its peak "
                              "at the last step; write 1.0 if that is meant, or a step count >= 2"))
@@ -102,18 +65,6 @@ def lint(config: OptimizerConfig, raw: Mapping[str, Any] | None = None, run_step
         found.append(Finding("warning", "optimizer.learning_rate",
                              f"{show(lr)} is far {side} the usual range of {spec.name} ({low:g} to {high:g}); check the "
                              f"exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)"))
-    if model_cls is not None:
-        if schedule == "plateau":
-            logged = logged_metrics(model_cls)
-            if logged and config.monitor not in logged:
-                found.append(Finding("warning", "optimizer.monitor",
-                                     f"plateau monitors {show(config.monitor)} but {model_cls.__name__} never logs it "
-                                     f"(it logs: {', '.join(sorted(logged))}); set optimizer.monitor to one of them"))
-        wants_encoder = config.encoder_learning_rate is not None
-        if wants_encoder and not re.search(r"self\.encoder\s*[:=]", _source_of(model_cls)):
-            found.append(Finding("warning", "optimizer.encoder_learning_rate",
-                                 f"{show(config.encoder_learning_rate)} is set but {model_cls.__name__} has no "
-                                 f"'encoder' submodule, so no group gets it; remove it, or use param_groups rules"))
     return sorted(found, key=lambda f: f.level != "error")
 
 
@@ -122,5 +73,23 @@ def resolve_errors(config: OptimizerConfig, run_steps: int | None, model_size: i
     try:
         config.resolve(training_steps=run_steps, model_size=model_size)
     except ConfigError as e:
-        return [Finding("error", p.path, p.message) for p in e.problems]
+        return Finding.errors(e.problems)
     return []
+
+
+def report(config: OptimizerConfig, findings: Iterable[Finding],
+           emit: Callable[[Finding], None] | None = None) -> list[Finding]:
+    """Show the warnings among ``findings`` not yet shown for this config; return those shown.
+
+    ``emit`` shows one (default: the package logger). The stage reports a config's findings
+    before training and ``from_config`` reports them again when it builds the optimizer:
+    remembered on the config, each reaches the user once.
+    """
+    new = [f for f in findings if f.level == "warning" and str(f) not in config._reported]
+    for finding in new:
+        config._reported.add(str(finding))
+        if emit is None:
+            logger.warning("%s: %s", finding.path, finding.message)
+        else:
+            emit(finding)
+    return new

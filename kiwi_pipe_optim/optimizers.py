@@ -8,16 +8,17 @@ back (OpenKiwi's version mutated ``training_steps`` and ``warmup_steps`` in plac
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Union
 
 import torch
 
-from .config import OptimizerConfig, ResolvedSchedule
+from .config import OptimizerConfig
 from .errors import ConfigError, Problem, choices, did_you_mean
+from .lint import lint, report
 from .param_groups import DEFAULT_GROUP, ENCODER_GROUP, named_groups
-from .schedules import SCHEDULER_BUILDERS
+from .resolve import resolve_for
+from .schedules import build_scheduler
 from .specs import OPTIMIZER_SPECS
 from .state import load_state
 
@@ -60,7 +61,7 @@ def optimizer_name(cls: type) -> str:
         ValueError: the class is not registered; the message lists the registered classes.
     """
     for name, registered in OPTIMIZERS_MAPPING.items():
-        if registered is cls and name != "noam":
+        if registered is cls and not OPTIMIZER_SPECS[name].alias:
             return name
     known = sorted({c.__name__ for c in OPTIMIZERS_MAPPING.values()})
     raise ValueError(f"{getattr(cls, '__name__', cls)!r} is not a registered optimizer class; "
@@ -103,12 +104,11 @@ def from_config(
             for a decaying schedule), or ``load`` holds no usable state.
     """
     groups, all_params = _groups(config, parameters)
-    if model_size is None and config.schedule_name == "noam":
-        model_size = _most_common_last_dim(all_params)
-    resolved = config.resolve(training_steps=training_data_size, model_size=model_size)
+    source = parameters if isinstance(parameters, torch.nn.Module) else all_params
+    resolved = resolve_for(config, source, training_data_size, model_size)
+    report(config, lint(config, training_data_size))
     optimizer = _build(config, groups)
-    builder = SCHEDULER_BUILDERS.get(resolved.name)
-    scheduler = None if builder is None else builder(optimizer, resolved)
+    scheduler = build_scheduler(optimizer, resolved)
     if config.load is not None:
         load_state(config.load, optimizer, scheduler, class_name=config.class_name)
     if scheduler is None:
@@ -119,19 +119,10 @@ def from_config(
         "frequency": 1,
         "name": resolved.name,
     }
-    if resolved.name == "plateau":
+    if config.schedule_spec.monitored:
         scheduler_config["monitor"] = resolved.monitor
         scheduler_config["strict"] = True
     return [optimizer], [scheduler_config]
-
-
-def resolve_for(config: OptimizerConfig, parameters: Any, training_data_size: int | None = None,
-                model_size: int | None = None) -> ResolvedSchedule:
-    """What ``from_config`` would resolve, without building anything (for logging and previews)."""
-    if model_size is None and config.schedule_name == "noam":
-        _, all_params = _groups(config, parameters)
-        model_size = _most_common_last_dim(all_params)
-    return config.resolve(training_steps=training_data_size, model_size=model_size)
 
 
 def _groups(config: OptimizerConfig, parameters: Any) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
@@ -175,12 +166,6 @@ def _groups(config: OptimizerConfig, parameters: Any) -> tuple[list[dict[str, An
     return groups, seen
 
 
-def _most_common_last_dim(params: list[torch.Tensor]) -> int | None:
-    """OpenKiwi's fallback for the noam model size: the mode of the parameters' last dimension."""
-    dims = Counter(int(p.shape[-1]) for p in params if p.dim() > 0)
-    return dims.most_common(1)[0][0] if dims else None
-
-
 def _build(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     cls = OPTIMIZERS_MAPPING[config.class_name]
     kwargs = config.optimizer_kwargs()
@@ -196,11 +181,25 @@ def _build(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim
         # and CUDA; where a parameter's device or dtype has none, torch refuses at construction.
         try:
             return cls(groups, **kwargs, fused=True)
-        except (RuntimeError, ValueError):
-            pass
+        except (RuntimeError, ValueError) as e:
+            logger.info("optimizer.implementation: auto: no fused %s for these parameters (%s); using torch's "
+                        "default", config.class_name, str(e).splitlines()[0][:160])
     try:
         return cls(groups, **kwargs)
     except (RuntimeError, ValueError) as e:
         raise ConfigError(Problem(
             "optimizer.class_name", f"{config.class_name} cannot optimize these parameters: {str(e).splitlines()[0]}"
         )) from None
+
+
+def implementation_of(optimizer: torch.optim.Optimizer) -> str:
+    """The kernel an optimizer steps with: ``fused``, ``foreach`` or ``loop`` (logged with the run)."""
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        return "fused"
+    foreach = defaults.get("foreach")
+    if foreach is None and "foreach" in defaults:
+        # torch's own default: foreach when every parameter is a CUDA tensor, else the loop.
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        foreach = bool(params) and all(p.is_cuda for p in params)
+    return "foreach" if foreach else "loop"

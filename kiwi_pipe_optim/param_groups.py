@@ -2,9 +2,11 @@
 
 Three ways to form them, from the config: declarative ``param_groups`` rules (first match wins,
 the rest is ``default``), OpenKiwi's ``encoder_learning_rate`` (the ``encoder`` submodule and the
-rest), or one ``default`` group. With rules, biases and normalisation-layer parameters get no
-weight decay unless their rule sets one: decaying them toward zero only hurts (they scale and
-shift activations rather than fit features).
+rest), or one ``default`` group. In all three, biases, 1-D parameters, normalisation layers and
+the names a module lists in ``no_weight_decay()`` get no weight decay (unless a rule sets one),
+as in timm and transformers: decaying them toward zero only hurts, since they scale and shift
+activations, or encode positions, rather than fit features. ``weight_decay_exclude: none``
+decays everything, as OpenKiwi did.
 """
 
 from __future__ import annotations
@@ -44,14 +46,25 @@ def is_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
 
 
+def _listed(module: torch.nn.Module) -> list[str]:
+    """Names (or globs) a module exempts from weight decay with timm's ``no_weight_decay()``."""
+    method = getattr(module, "no_weight_decay", None)
+    return [str(n) for n in method()] if callable(method) else []
+
+
 def no_decay_names(module: torch.nn.Module) -> set[str]:
-    """Biases and every parameter of a normalisation layer."""
+    """Biases, 1-D parameters, normalisation layers, and what modules list in ``no_weight_decay()``
+    (names relative to the listing module)."""
     names = set()
     for module_name, sub in module.named_modules():
-        for param_name, _ in sub.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if param_name == "bias" or is_norm(sub):
-                names.add(full)
+        prefix = f"{module_name}." if module_name else ""
+        for param_name, p in sub.named_parameters(recurse=False):
+            if p.dim() <= 1 or param_name.endswith("bias") or is_norm(sub):
+                names.add(prefix + param_name)
+        listed = _listed(sub)
+        if listed:
+            names.update(prefix + n for n, _ in sub.named_parameters()
+                         if any(n == pattern or fnmatch.fnmatchcase(n, pattern) for pattern in listed))
     return names
 
 
@@ -70,8 +83,16 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     rates = config.group_learning_rates()
+    quiet = no_decay_names(module) if config.weight_decay_exclude == "auto" else set()
+
+    def decay(name: str, rule: Any = None) -> float | None:
+        if not config.optimizer_spec.weight_decay:
+            return None
+        if rule is not None and rule.weight_decay is not None:
+            return rule.weight_decay
+        return 0.0 if name in quiet else config.weight_decay
+
     if config.param_groups:
-        quiet = no_decay_names(module)
         used: set[int] = set()
         out = []
         for name, p in named:
@@ -79,10 +100,8 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
             rule = None if index is None else config.param_groups[index]
             if index is not None:
                 used.add(index)
-            decay = rule.weight_decay if rule is not None and rule.weight_decay is not None else (
-                0.0 if name in quiet else config.weight_decay)
             group = DEFAULT_GROUP if rule is None else rule.name
-            out.append(Assignment(name, tuple(p.shape), group, rates[group], decay, index))
+            out.append(Assignment(name, tuple(p.shape), group, rates[group], decay(name, rule), index))
         unused = [i for i in range(len(config.param_groups)) if i not in used]
         if unused:
             sample = ", ".join(n for n, _ in named[:4])
@@ -104,9 +123,9 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
             ))
         inside = {id(p) for p in sub.parameters()}
         return [Assignment(n, tuple(p.shape), ENCODER_GROUP if id(p) in inside else DEFAULT_GROUP,
-                           rates[ENCODER_GROUP if id(p) in inside else DEFAULT_GROUP], config.weight_decay, None)
+                           rates[ENCODER_GROUP if id(p) in inside else DEFAULT_GROUP], decay(n), None)
                 for n, p in named]
-    return [Assignment(n, tuple(p.shape), DEFAULT_GROUP, config.learning_rate, config.weight_decay, None) for n, p in named]
+    return [Assignment(n, tuple(p.shape), DEFAULT_GROUP, config.learning_rate, decay(n), None) for n, p in named]
 
 
 def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder") -> list[dict[str, Any]]:

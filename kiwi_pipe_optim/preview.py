@@ -1,8 +1,8 @@
-"""The whole LR curve of a run, per param group, from the params alone: no model, no optimizer.
+"""The whole LR curve of a run, per param group, from the config alone: no model, no optimizer.
 
-Step counts are computed the way Lightning's ``Trainer.estimated_stepping_batches`` counts them,
-and the schedule functions are evaluated on the whole step array at once, so a million-step
-curve takes milliseconds.
+The schedule functions are evaluated on the whole step array at once, so a million-step curve
+takes milliseconds. The run's step count comes from the caller (the stage's params know how
+Lightning will count it: :mod:`kiwi_pipe_optim.integrations.steps`).
 """
 
 from __future__ import annotations
@@ -13,36 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .config import OptimizerConfig, ResolvedSchedule
+from .config import OptimizerConfig
+from .errors import ConfigError, Problem
+from .resolve import ResolvedSchedule
 from .schedules import evaluate
-
-
-def stepping_batches(train_size: int, batch_size: int, max_epochs: int | None, accumulate: int = 1,
-                     world_size: int = 1, max_steps: int = -1, limit_train_batches: int | float | None = None,
-                     drop_last: bool = False) -> int:
-    """Optimizer steps a Lightning run takes, counted as ``Trainer.estimated_stepping_batches`` does.
-
-    Each process sees ``ceil(train_size / world_size)`` examples (the distributed sampler pads),
-    an epoch is ``ceil`` of that over the batch size (``floor`` with ``drop_last``), optionally
-    limited, and the optimizer steps once per ``accumulate`` batches, also after a last partial
-    group of an epoch.
-
-    Example:
-        >>> stepping_batches(train_size=1438, batch_size=64, max_epochs=10, accumulate=2, world_size=2)
-        60
-    """
-    per_device = math.ceil(train_size / world_size)
-    batches = per_device // batch_size if drop_last else math.ceil(per_device / batch_size)
-    if isinstance(limit_train_batches, float) and limit_train_batches <= 1.0:
-        batches = int(batches * limit_train_batches)
-    elif limit_train_batches is not None:
-        batches = min(batches, int(limit_train_batches))
-    if max_epochs is None or max_epochs < 0:
-        if max_steps is None or max_steps < 0:
-            raise ValueError("the run has neither max_epochs nor max_steps: its step count is unbounded")
-        return int(max_steps)
-    steps = math.ceil(batches / accumulate) * max(max_epochs, 1)
-    return min(steps, max_steps) if max_steps is not None and max_steps >= 0 else steps
 
 
 @dataclass(frozen=True)
@@ -67,10 +41,8 @@ def curves(config: OptimizerConfig, run_steps: int, model_size: int | None = Non
             is reduce-on-plateau, whose curve depends on the metric during training.
     """
     resolved = config.resolve(training_steps=run_steps, model_size=model_size)
-    if resolved.name == "plateau":
-        from .errors import ConfigError, Problem
-
-        raise ConfigError(Problem("optimizer.scheduler", "plateau reacts to the monitored metric during "
+    if not config.schedule_spec.previewable:
+        raise ConfigError(Problem("optimizer.scheduler", f"{resolved.name} reacts to the monitored metric during "
                                   "training, so its curve cannot be previewed; preview a step schedule instead"))
     factor = evaluate(resolved, run_steps)
     return Curves(resolved, run_steps, {g: lr * factor for g, lr in config.group_learning_rates().items()})

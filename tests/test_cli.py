@@ -48,7 +48,7 @@ def test_validate_warns_on_warmup_one(write_params):
     path = write_params("optimizer: {class_name: adamw, learning_rate: 1e-3, warmup_steps: 1}\n")
     result = run("validate", str(path))
     assert result.returncode == 0
-    assert result.stderr.startswith("warning: optimizer.warmup_steps: 1 means a fraction of 1.0")
+    assert result.stderr.startswith(f"{path}:1: warning: optimizer.warmup_steps: 1 means a fraction of 1.0")
 
 
 def test_validate_imports_no_heavy_library(write_params):
@@ -65,3 +65,13 @@ def test_list():
     result = run("list")
     assert result.returncode == 0
     assert "sparse_adam" in result.stdout and "inverse_sqrt" in result.stdout
+
+
+def test_validate_prints_a_warning_once_and_exits_0(write_params):
+    path = write_params("optimizer:\n  class_name: sgd\n  learning_rate: 0.1\n  learning_rate_decay: 0.5\n"
+                        "  warmup_steps: 10\n")
+    result = run("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}:5: warning: optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a "
+        "schedule with warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"]

@@ -3,12 +3,15 @@ import math
 
 import pytest
 
-from kiwi_pipe_optim import ConfigError, OptimizerConfig, load_config
+import torch
+
+from kiwi_pipe_optim import ConfigError, OptimizerConfig, from_config, load_config
+from kiwi_pipe_optim.lint import lint
 
 ALL_OPTIMIZERS = "adadelta, adagrad, adam, adamax, adamw, averaged_sgd, noam, rmsprop, sgd, sparse_adam"
 ALL_KEYS = (
     "class_name, learning_rate, encoder_learning_rate, warmup_steps, training_steps, learning_rate_decay, "
-    "learning_rate_decay_start, load, scheduler, weight_decay, options, implementation, monitor, mode, "
+    "learning_rate_decay_start, load, scheduler, weight_decay, weight_decay_exclude, options, implementation, monitor, mode, "
     "power, final_lr_ratio, param_groups"
 )
 
@@ -57,17 +60,15 @@ def test_cast_steps(given, expected, kind):
     assert cfg.warmup_steps == expected and type(cfg.warmup_steps) is kind
 
 
-def test_warmup_one_is_whole_run_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="kiwi_pipe_optim"):
-        cfg = parse(class_name="adamw", learning_rate=1e-3, warmup_steps=1, training_steps=100)
+@pytest.mark.parametrize("written", [1, "1"])
+def test_warmup_one_is_whole_run_and_warns(written):
+    cfg = parse(class_name="adamw", learning_rate=1e-3, warmup_steps=written, training_steps=100)
     assert cfg.warmup_steps == 1.0 and cfg.resolve().warmup_steps == 100
-    assert "warmup_steps: 1 means a fraction of 1.0" in caplog.text
+    assert [f.message[:36] for f in lint(cfg)] == ["1 means a fraction of 1.0: warm-up o"]
 
 
-def test_warmup_one_point_zero_does_not_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="kiwi_pipe_optim"):
-        parse(class_name="adamw", learning_rate=1e-3, warmup_steps=1.0, training_steps=100)
-    assert caplog.text == ""
+def test_warmup_one_point_zero_does_not_warn():
+    assert lint(parse(class_name="adamw", learning_rate=1e-3, warmup_steps=1.0, training_steps=100)) == []
 
 
 def test_bad_warmup_longer_than_training():
@@ -221,9 +222,18 @@ def test_noam_needs_warmup():
     ]
 
 
-def test_warmup_on_a_schedule_without_one_warns(caplog):
+def test_warmup_on_a_schedule_without_one_warns_once(caplog):
+    """Validation returns the finding instead of logging it; from_config logs it once per config."""
     with caplog.at_level(logging.WARNING, logger="kiwi_pipe_optim"):
-        parse(class_name="adam", learning_rate=1e-3, learning_rate_decay=0.5, warmup_steps=10)
+        cfg = parse(class_name="adam", learning_rate=1e-3, learning_rate_decay=0.5, warmup_steps=10)
+        assert caplog.messages == []
+        assert [str(f) for f in lint(cfg)] == [
+            "warning: optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a "
+            "schedule with warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"
+        ]
+        model = torch.nn.Linear(2, 2)
+        from_config(cfg, model)
+        from_config(cfg, model)
     assert caplog.messages == [
         "optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a schedule with "
         "warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"
@@ -304,3 +314,17 @@ def test_load_config_binary_junk(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     with pytest.raises(ConfigError, match=r"not a text file \(byte 0x89 at offset 0\)"):
         load_config(path)
+
+
+def test_an_error_inside_a_list_names_its_own_line(write_params):
+    path = write_params(
+        "optimizer:\n  class_name: adamw\n  learning_rate: 0.001\n  param_groups:\n"
+        "    - {name: a, match: x}\n    - name: b\n      match: y\n    - name: c\n      match: z\n      lr: -1\n"
+        "    - name: d\n      match: [w, '']\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).splitlines() == [
+        f"{path}:10: optimizer.param_groups.2.lr: -1 is not positive; use a positive float such as 0.001",
+        f"{path}:12: optimizer.param_groups.3.match: ['w', ''] is not a glob; use a pattern such as 'encoder' or "
+        "'*.bias', or a list",
+    ]

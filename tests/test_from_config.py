@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kiwi_pipe_optim import ConfigError, OptimizerConfig, from_config
-from kiwi_pipe_optim.optimizers import resolve_for
+from kiwi_pipe_optim.optimizers import implementation_of, resolve_for
 
 
 class Tiny(torch.nn.Module):
@@ -90,7 +90,9 @@ def test_param_group_dicts_keep_their_lr_and_are_not_mutated():
 def test_module_gets_named_encoder_group():
     cfg = OptimizerConfig(class_name="sgd", learning_rate=0.1, encoder_learning_rate=0.01)
     opt = from_config(cfg, Tiny())
-    assert [(g["name"], g["lr"], len(g["params"])) for g in opt.param_groups] == [("encoder", 0.01, 4), ("default", 0.1, 2)]
+    # split by weight decay (biases get none), named by group
+    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
+        ("encoder", 0.01, 0, 2), ("encoder", 0.01, 0.0, 2), ("default", 0.1, 0, 1), ("default", 0.1, 0.0, 1)]
 
 
 def test_encoder_lr_without_encoder_is_an_error():
@@ -159,3 +161,12 @@ def test_fused_matches_loop_numerically():
             opt.step()
         results[impl] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (results["loop"] - results["auto"]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("class_name, implementation, used", [
+    ("adam", "auto", "fused"), ("adamax", "auto", "loop"), ("adam", "foreach", "foreach"), ("adam", "loop", "loop"),
+])
+def test_the_kernel_used_is_reported(class_name, implementation, used):
+    cfg = OptimizerConfig(class_name=class_name, learning_rate=1e-3, implementation=implementation)
+    assert implementation_of(from_config(cfg, Tiny().parameters())) == used
+

@@ -6,7 +6,8 @@ import torch
 
 from kiwi_pipe_optim import OptimizerConfig
 from kiwi_pipe_optim.examples.digits import DigitsMLP, DigitsTransformer
-from kiwi_pipe_optim.lint import lint, logged_metrics, resolve_errors
+from kiwi_pipe_optim.integrations.model_lint import lint_model, logged_metrics
+from kiwi_pipe_optim.lint import lint, resolve_errors
 from tests.conftest import BIN
 
 
@@ -19,8 +20,10 @@ class NoEncoder(L.LightningModule):
         self.log_dict({"val_f1": 1.0, "val_recall": 0.5})
 
 
-def messages(section, raw=None, run_steps=None, model_cls=None):
-    return [str(f) for f in lint(OptimizerConfig(**section), raw or section, run_steps, model_cls)]
+def messages(section, run_steps=None, model_cls=None):
+    config = OptimizerConfig(**section)
+    found = lint(config, run_steps) + (lint_model(config, model_cls) if model_cls else [])
+    return [str(f) for f in found]
 
 
 def test_warmup_longer_than_the_run():
@@ -91,8 +94,8 @@ def test_validate_prints_lint_once(write_params):
     out = subprocess.run([str(BIN / "kiwi-optim"), "validate", str(path)], capture_output=True, text=True)
     assert out.returncode == 0
     assert out.stderr.splitlines() == [
-        "warning: optimizer.warmup_steps: 1 means a fraction of 1.0: warm-up over the whole run, so the LR only "
+        f"{path}:1: warning: optimizer.warmup_steps: 1 means a fraction of 1.0: warm-up over the whole run, so the LR only "
         "reaches its peak at the last step; write 1.0 if that is meant, or a step count >= 2",
-        "warning: optimizer.learning_rate: 5.0 is far above the usual range of adamw (1e-06 to 0.01); check the "
+        f"{path}:1: warning: optimizer.learning_rate: 5.0 is far above the usual range of adamw (1e-06 to 0.01); check the "
         "exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)",
     ]

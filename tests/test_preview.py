@@ -12,10 +12,12 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiwi_pipe_optim import OptimizerConfig
-from kiwi_pipe_optim.cli import run_steps_from_params
+from kiwi_pipe_optim.integrations.params import load_stage_params, params_schema
+from kiwi_pipe_optim.integrations.classes import import_class, model_size_from_params
 from kiwi_pipe_optim.integrations.stage import run as run_stage
-from kiwi_pipe_optim.preview import curves, sample_steps, stepping_batches, write_csv
-from kiwi_pipe_optim.stage_params import load_stage_params, params_schema
+from kiwi_pipe_optim.integrations.steps import run_steps_from_params, stepping_batches
+from kiwi_pipe_optim.preview import curves, sample_steps, write_csv
+from kiwi_pipe_optim.resolve import resolve_for
 from tests.conftest import BIN, ROOT
 
 
@@ -85,7 +87,7 @@ def test_preview_equals_the_lrs_a_real_run_logs(name, tmp_path):
     path.write_text(yaml.safe_dump({**FAST, "optimizer": OPTIMIZERS[name]}))
     params = load_stage_params(path)
     steps, _ = run_steps_from_params(params)
-    write_csv(tmp_path / "preview.csv", curves(params.optimizer, steps, model_size=16))
+    write_csv(tmp_path / "preview.csv", curves(params.optimizer, steps, model_size_from_params(params)))
     metrics = run_stage(path, tmp_path)
     assert metrics["steps"] == steps  # 240 examples, batches of 32, pairs: 4 steps an epoch
     logged_header, logged = read_csv(tmp_path / "plots" / "lr.csv")
@@ -94,6 +96,26 @@ def test_preview_equals_the_lrs_a_real_run_logs(name, tmp_path):
     assert len(logged) == len(preview) == steps
     for got, want in zip(logged, preview):
         assert got == pytest.approx(want, rel=1e-12, abs=1e-18)
+
+
+class NoSizeAttribute(torch.nn.Module):
+    def __init__(self, hidden: int = 24):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.Linear(hidden, hidden),
+                                        torch.nn.Linear(hidden, 10))
+
+
+def test_preview_and_the_run_decide_the_model_size_the_same_way(tmp_path):
+    """Declared (``model_size``) or not (the most common last dimension), from the params' model
+    built on the meta device, as from_config finds it on the real one."""
+    for class_path, init_args, size in (("kiwi_pipe_optim.examples.digits:DigitsTransformer", {"d_model": 12}, 12),
+                                        ("tests.test_preview:NoSizeAttribute", {"hidden": 24}, 24)):
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({**FAST, "model": {"class_path": class_path, "init_args": init_args},
+                                        "optimizer": OPTIMIZERS["noam"]}))
+        params = load_stage_params(path)
+        model = import_class(params.model, "model")(**init_args)
+        assert model_size_from_params(params) == resolve_for(params.optimizer, model).model_size == size
 
 
 def test_long_runs_are_sampled_keeping_key_steps():

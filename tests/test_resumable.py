@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from kiwi_pipe_optim.resumable import ResumableDataLoader
+from kiwi_pipe_optim.integrations.resumable import ResumableDataLoader
 
 DATA = TensorDataset(torch.arange(23.0))
 

@@ -29,7 +29,7 @@ import torch
 from ..config import OptimizerConfig
 from ..errors import ConfigError, Problem
 from ..param_groups import group_names
-from ..schedules import evaluate
+from ..schedules import SCHEDULE_SPECS, evaluate
 from ..state import safe_load
 from .mlflow import flatten
 
@@ -137,7 +137,7 @@ def check_restored_lrs(optimizer: torch.optim.Optimizer, config: OptimizerConfig
     Raises:
         ConfigError: the first group whose LR differs, with both values.
     """
-    if resolved is None or resolved.name == "plateau":  # plateau's LR follows the metric, not the step
+    if resolved is None or not SCHEDULE_SPECS[resolved.name].previewable:  # the LR follows a metric, not the step
         return
     factor = float(evaluate(resolved, torch.tensor([float(step)], dtype=torch.float64))[0])
     base = config.group_learning_rates()

@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import OptimizerConfig, ResolvedSchedule
-from ..optimizers import from_config, resolve_for
+from ..config import OptimizerConfig
+from ..optimizers import from_config
 from ..param_groups import group_names
+from ..resolve import ResolvedSchedule, resolve_for
 
 FLAVORS = ("lightning.pytorch", "pytorch_lightning")
 
@@ -54,9 +55,9 @@ def run_step_count(trainer: Any) -> int | None:
 def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "encoder") -> Any:
     """What ``LightningModule.configure_optimizers`` should return for ``config``.
 
-    ``training_steps`` left unset becomes what the attached trainer will actually step. The noam
-    model size is the module's ``model_size`` attribute when it has one. The resolved schedule is
-    kept on the module (``kiwi_resolved``) for loggers.
+    ``training_steps`` left unset becomes what the attached trainer will actually step; the model
+    size is decided by :func:`kiwi_pipe_optim.resolve.model_size_of`. The resolved schedule is
+    kept on the module (``kiwi_resolved``) for loggers and the resume check.
 
     Example:
         >>> class Model(L.LightningModule):  # doctest: +SKIP
@@ -64,9 +65,8 @@ def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "e
         ...         return configure_optimizers(self, self.hparams.optimizer)
     """
     steps = run_step_count(getattr(module, "_trainer", None))
-    model_size = getattr(module, "model_size", None)
-    module.kiwi_resolved = resolve_for(config, module, training_data_size=steps, model_size=model_size)
-    return from_config(config, module, model_size=model_size, training_data_size=steps)
+    module.kiwi_resolved = resolve_for(config, module, training_data_size=steps)
+    return from_config(config, module, model_size=module.kiwi_resolved.model_size, training_data_size=steps)
 
 
 class KiwiOptimizers:
@@ -109,7 +109,7 @@ class _StepRecorder:
 
     def __init__(self, sink: Callable[[str, float, int], None] | None = None,
                  flush: Callable[[bool], None] | None = None,
-                 on_resolved: Callable[[ResolvedSchedule], None] | None = None):
+                 on_resolved: Callable[[ResolvedSchedule, list[Any]], None] | None = None):
         super().__init__()
         self.sink = sink
         self.flush = flush
@@ -169,7 +169,7 @@ class _StepRecorder:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         resolved = getattr(pl_module, "kiwi_resolved", None)
         if resolved is not None and self.on_resolved is not None and trainer.is_global_zero:
-            self.on_resolved(resolved)
+            self.on_resolved(resolved, list(trainer.optimizers))
         self._started = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:

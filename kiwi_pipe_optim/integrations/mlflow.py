@@ -11,16 +11,17 @@ since the last send, and always at the end of training and on failure.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import random
+import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
+
+from ..errors import ConfigError, Problem
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -47,24 +48,28 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def is_lock_error(error: BaseException) -> bool:
+    """Whether a store call lost a race for sqlite's write lock (MLflow wraps sqlalchemy's
+    ``OperationalError``, which wraps sqlite3's, in an ``MlflowException``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        cause = getattr(seen, "orig", None) if not isinstance(seen, sqlite3.OperationalError) else seen
+        if isinstance(cause, sqlite3.OperationalError):
+            return "locked" in str(cause) or "busy" in str(cause)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
-def _retrying(call: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
-    """Retry a store call that lost a race for the sqlite write lock."""
-    for attempt in range(attempts):
+LOCK_ATTEMPTS = 8
+
+
+def _retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Retry a store call that lost a race for the sqlite write lock; anything else is raised."""
+    for attempt in range(LOCK_ATTEMPTS):
         try:
             return call(*args, **kwargs)
-        except Exception as e:  # MlflowException wraps sqlalchemy's OperationalError
-            if "locked" not in str(e).lower() or attempt == attempts - 1:
+        except Exception as e:
+            if not is_lock_error(e) or attempt == LOCK_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
 
@@ -79,7 +84,10 @@ def client_for(uri: str) -> Any:
         client = MlflowClient(tracking_uri=uri)
         _retrying(client.search_experiments, max_results=1)
         return client
-    with _file_lock(db.with_name(db.name + ".lock")):
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(db.with_name(db.name + ".lock")):
         client = MlflowClient(tracking_uri=uri)
         _retrying(client.search_experiments, max_results=1)
     return client
@@ -109,8 +117,6 @@ def check_reachable(uri: str, field: str, timeout: float = 5.0,
         return
     import urllib.error
     import urllib.request
-
-    from ..errors import ConfigError, Problem
 
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
@@ -167,7 +173,6 @@ class MlflowRun:
         self.run_name = run.info.run_name
         self._buffer: list[Any] = []
         self._pending_params: dict[str, str] = {}
-        self.sent = 0
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
@@ -175,10 +180,23 @@ class MlflowRun:
         self._down_since: float | None = None
 
     def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
+        """The crashed run to go on logging into; None only if it is truly gone from the store.
+
+        Any other failure (a locked or broken store, credentials, the network) is refused: a
+        resumed run logged into a new MLflow run would silently split one run's curves in two.
+        """
         try:
             run = _retrying(self.client.get_run, run_id)
-        except Exception:
-            logger.warning("the MLflow run %s of the checkpoint is not in %s; logging to a new run", run_id, self.uri)
+        except Exception as e:
+            if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise ConfigError(Problem("checkpoint", f"cannot reopen the MLflow run {run_id} the checkpoint logs to, "
+                                          f"in {self.uri} ({reason}); fix the store or its access and run again, or "
+                                          f"set checkpoint.resume: false to start afresh")) from e
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            logger.warning("the MLflow run %s of the checkpoint is not in %s (deleted?); logging to a new run",
+                           run_id, self.uri)
             return None
         for key in run.data.metrics:
             self._stored.update((key, m.step) for m in _retrying(self.client.get_metric_history, run_id, key))
@@ -240,7 +258,6 @@ class MlflowRun:
                 return
             del self._buffer[:len(batch)]
             self._spooled = max(0, self._spooled - len(batch))
-            self.sent += len(batch)
         if self._down_since is not None and not self._pending_params:
             logger.warning("MLflow at %s is back; every spooled value has been sent", self.uri)
             self._down_since = None
@@ -324,8 +341,6 @@ def read_spool(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     Raises:
         ConfigError: the file is missing, or a line is not what the stage writes.
     """
-    from ..errors import ConfigError, Problem
-
     fix = "give a file the stage wrote to .kiwi-pipe-optim/spool/"
     try:
         text = Path(path).read_text()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib
 import inspect
 import io
 import json
@@ -23,13 +22,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..config import ResolvedSchedule, read_params
 from ..errors import ConfigError, Problem, did_you_mean
+from ..lint import lint, report
 from ..param_groups import assign, table
-from ..stage_params import ImportedParams, StageParams, load_stage_params
+from ..params_file import read_params
+from ..resolve import ResolvedSchedule
 from . import lightning as kl
 from .checkpoint import (CHECKPOINT_FILE, ResumePoint, check_same_params, checkpointer, read_resume_point,
                          restore_loader, run_defining)
+from .classes import check_init_args, import_class, instantiate
+from .model_lint import lint_model
+from .params import StageParams, load_stage_params
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -52,48 +55,6 @@ def repository_root() -> Path:
     """The DVC repository the stage belongs to. Queued experiments run in a temporary copy,
     but DVC points ``DVC_ROOT`` at the original, where the MLflow store lives."""
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-
-
-def import_class(spec: ImportedParams, section: str) -> type:
-    module_name, _, class_name = spec.class_path.replace(":", ".").rpartition(".") if ":" not in spec.class_path \
-        else spec.class_path.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(Problem(f"{section}.class_path", f"cannot import '{module_name}' ({e}); "
-                                  f"give 'package.module:ClassName' importable from the repository root")) from None
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        names = [n for n in dir(module) if isinstance(getattr(module, n), type)]
-        raise ConfigError(Problem(f"{section}.class_path", f"'{module_name}' has no class '{class_name}'"
-                                  f"{did_you_mean(class_name, names)}")) from None
-
-
-def check_init_args(cls: type, spec: ImportedParams, section: str) -> None:
-    """Unknown keyword arguments fail here, before a run is started, not in the constructor."""
-    accepted = inspect.signature(cls).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        return
-    unknown = [k for k in spec.init_args if k not in accepted]
-    if unknown:
-        raise ConfigError([
-            Problem(f"{section}.init_args.{k}", f"not an argument of {cls.__name__}"
-                    f"{did_you_mean(k, accepted)}; it accepts: {', '.join(accepted)}")
-            for k in unknown
-        ])
-
-
-def instantiate(cls: type, spec: ImportedParams, section: str) -> Any:
-    try:
-        return cls(**spec.init_args)
-    except (TypeError, ValueError) as e:
-        message = str(e).splitlines()[0]
-        if message.startswith(f"{section}."):
-            raise ConfigError(Problem("", message)) from None
-        raise ConfigError(Problem(f"{section}.init_args", f"{cls.__name__} refused them: {message}")) from None
 
 
 def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any]) -> dict[str, Any]:
@@ -151,7 +112,7 @@ def run_tags(params: StageParams, flavor: Any) -> dict[str, str]:
     return tags
 
 
-def resolved_params(resolved: ResolvedSchedule, optimizer_class: str) -> dict[str, str]:
+def resolved_params(resolved: ResolvedSchedule, optimizer_class: str, implementation: str) -> dict[str, str]:
     values = {
         "resolved.schedule": resolved.name,
         "resolved.interval": resolved.interval,
@@ -159,6 +120,7 @@ def resolved_params(resolved: ResolvedSchedule, optimizer_class: str) -> dict[st
         "resolved.training_steps": resolved.training_steps,
         "resolved.model_size": resolved.model_size,
         "resolved.optimizer_class": optimizer_class,
+        "resolved.implementation": implementation,
     }
     return {k: str(v) for k, v in values.items()}
 
@@ -247,6 +209,9 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
+    _, lines = read_params(params_path)
+    report(params.optimizer, lint(params.optimizer) + lint_model(params.optimizer, model_cls),
+           emit=lambda finding: logger.warning("%s", finding.located(str(params_path), lines)))
     checkpoint_path = out_dir / CHECKPOINT_FILE
     point = None
     if params.checkpoint.resume and checkpoint_path.exists():
@@ -275,15 +240,18 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         if tracker is not None:
             tracker.set_tags({"kiwi.resumed_at_step": str(point.step)})
 
-    def on_resolved(resolved: ResolvedSchedule) -> None:
+    def on_resolved(resolved: ResolvedSchedule, optimizers: list[Any]) -> None:
         if tracker is None:
             return
-        tracker.log_params(resolved_params(resolved, params.optimizer.optimizer_spec.torch_class))
+        from ..optimizers import implementation_of
+
+        values = resolved_params(resolved, params.optimizer.optimizer_spec.torch_class,
+                                 implementation_of(optimizers[0]) if optimizers else "none")
+        tracker.log_params(values)
         import yaml
 
         document = {"optimizer": params.optimizer.model_dump(mode="json"),
-                    "resolved": {k.split(".", 1)[1]: v for k, v in resolved_params(
-                        resolved, params.optimizer.optimizer_spec.torch_class).items()}}
+                    "resolved": {k.split(".", 1)[1]: v for k, v in values.items()}}
         tracker.log_text(yaml.safe_dump(document, sort_keys=False), "config/optimizer.yaml")
         tracker.log_text(table(assign(model, params.optimizer)), "config/param_groups.txt")
 

@@ -134,3 +134,19 @@ def test_two_forced_repros_have_bitwise_identical_histories(repo_factory):
                      for r in (first, second)]
         assert histories[0] == histories[1] and histories[0], key
     assert first.data.tags["params.sha256"] == second.data.tags["params.sha256"]
+
+
+def test_a_finding_is_printed_once_and_the_kernel_used_is_logged(repo_factory):
+    repo = repo_factory({"optimizer": {"class_name": "sgd", "learning_rate": 0.1, "learning_rate_decay": 0.5,
+                                       "warmup_steps": 10}})
+    result = stage(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (repo / "params.yaml").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("warmup_steps:"))
+    assert [x for x in result.stderr.splitlines() if "warmup_steps" in x] == [
+        f"kiwi-pipe-optim: WARNING: params.yaml:{line}: warning: optimizer.warmup_steps: 10 is not used by the "
+        "plateau schedule; remove it or choose a schedule with warm-up: constant, cosine, inverse_sqrt, linear, "
+        "noam, polynomial"]
+    _, run = only_run(repo)
+    assert run.data.params["resolved.schedule"] == "plateau"
+    assert run.data.params["resolved.implementation"] == "fused"  # auto: torch's fused SGD exists on CPU

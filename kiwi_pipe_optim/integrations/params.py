@@ -12,8 +12,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import OptimizerConfig, problems_from, read_params, show
-from .errors import ConfigError, Problem
+from ..config import OptimizerConfig
+from ..errors import ConfigError, Problem, show
+from ..params_file import problems_from, read_params
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
 STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint")

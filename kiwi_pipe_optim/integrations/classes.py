@@ -1,0 +1,73 @@
+"""The user's classes named in the params (``model``, ``data``): imported, checked, built.
+
+A wrong import path or argument is a params mistake like any other: it is reported with the
+dotted key before an MLflow run or a trainer exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, Problem, did_you_mean
+from ..resolve import model_size_of
+from .params import ImportedParams, StageParams
+
+
+def import_class(spec: ImportedParams, section: str) -> type:
+    module_name, _, class_name = (spec.class_path.partition(":") if ":" in spec.class_path
+                                  else spec.class_path.rpartition("."))
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(Problem(f"{section}.class_path", f"cannot import '{module_name}' ({e}); "
+                                  f"give 'package.module:ClassName' importable from the repository root")) from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        names = [n for n in dir(module) if isinstance(getattr(module, n), type)]
+        raise ConfigError(Problem(f"{section}.class_path", f"'{module_name}' has no class '{class_name}'"
+                                  f"{did_you_mean(class_name, names)}")) from None
+
+
+def check_init_args(cls: type, spec: ImportedParams, section: str) -> None:
+    """Unknown keyword arguments fail here, before a run is started, not in the constructor."""
+    accepted = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return
+    unknown = [k for k in spec.init_args if k not in accepted]
+    if unknown:
+        raise ConfigError([
+            Problem(f"{section}.init_args.{k}", f"not an argument of {cls.__name__}"
+                    f"{did_you_mean(k, accepted)}; it accepts: {', '.join(accepted)}")
+            for k in unknown
+        ])
+
+
+def instantiate(cls: type, spec: ImportedParams, section: str) -> Any:
+    try:
+        return cls(**spec.init_args)
+    except (TypeError, ValueError) as e:
+        message = str(e).splitlines()[0]
+        if message.startswith(f"{section}."):
+            raise ConfigError(Problem("", message)) from None
+        raise ConfigError(Problem(f"{section}.init_args", f"{cls.__name__} refused them: {message}")) from None
+
+
+def model_size_from_params(params: StageParams) -> int | None:
+    """The model size the run will use (see :func:`kiwi_pipe_optim.resolve.model_size_of`), from
+    the params' model built on the meta device: shapes without memory, so any model size is cheap."""
+    import torch
+
+    cls = import_class(params.model, "model")
+    try:
+        with torch.device("meta"):
+            model = cls(**params.model.init_args)
+    except Exception:  # a constructor that computes with its tensors: build it for real
+        model = instantiate(cls, params.model, "model")
+    return model_size_of(model)
