@@ -8,6 +8,7 @@ nor MLflow at the top; ``preview`` needs torch, ``groups`` builds the model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,6 +22,8 @@ from .schedules import SCHEDULE_SPECS
 from .specs import OPTIMIZER_SPECS
 
 EXIT_INVALID = 2
+SECTION_OPTION = {"default": SECTION, "help": "where the optimizer section is, dotted: OpenKiwi's files keep it at "
+                  "system.optimizer (default: optimizer)"}
 
 
 def _print_findings(findings: list[Finding], source: str | None = None, lines: dict[str, int] | None = None) -> bool:
@@ -37,7 +40,9 @@ def _validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.params, args.section)
     _, lines = read_params(args.params)
-    body = {args.section: config.model_dump(mode="json", exclude_none=True)}
+    body: dict = config.model_dump(mode="json", exclude_none=True)
+    for part in reversed(args.section.split(".")):
+        body = {part: body}
     print(yaml.safe_dump(body, sort_keys=False).rstrip())
     how = "set by optimizer.scheduler" if config.scheduler else "chosen from class_name / learning_rate_decay"
     print(f"# schedule: {config.schedule_name} ({how})")
@@ -67,25 +72,36 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     from .lint import lint, resolve_errors
-    from .preview import curves, plot_png, write_csv
+    from .preview import curves, plot_png, write_csv, write_unknown
 
     _, lines = read_params(args.params)
     params = None
     if args.training_steps is not None:
-        config = load_config(args.params)
+        config = load_config(args.params, args.section)
         steps, how = args.training_steps, "given with --training-steps"
     else:
         from .integrations.params import load_stage_params
         from .integrations.steps import run_steps_from_params
 
-        params = load_stage_params(args.params)
+        params = load_stage_params(args.params, args.section)
         config = params.optimizer
         steps, how = run_steps_from_params(params, args.train_size)
+        if steps is None and config.training_steps is not None:
+            steps, how = config.training_steps, f"optimizer.training_steps; {how}"
+    if steps is None:
+        write_unknown(args.csv, args.png, how)
+        print(f"no preview: {how}; set trainer.max_steps or optimizer.training_steps to see the curve")
+        return 0
     model_size = args.model_size
-    if model_size is None and params is not None and config.schedule_spec.needs_model_size:
-        from .integrations.classes import model_size_from_params
+    if params is not None:
+        from .integrations.classes import model_on_meta
+        from .param_groups import assign
+        from .resolve import model_size_of
 
-        model_size = model_size_from_params(params)
+        model = model_on_meta(params)
+        assign(model, config)  # the groups the run will form: a rule that fits nothing stops here too
+        if model_size is None and config.schedule_spec.needs_model_size:
+            model_size = model_size_of(model)
     if model_size is None and config.schedule_spec.needs_model_size:
         raise ConfigError(Problem("optimizer.scheduler", f"the {config.schedule_name} schedule needs the model size; "
                                   f"pass --model-size, or let preview read the params' model"))
@@ -100,6 +116,9 @@ def _preview(args: argparse.Namespace) -> int:
     result = curves(config, steps, model_size)
     r = result.resolved
     print(f"schedule: {r.name}, {steps} optimizer steps ({how})")
+    if result.metric_driven:
+        print(f"the LR follows {r.monitor} during training (x{r.factor:g} after {r.patience} epochs without "
+              f"improvement): the curve shows where it starts")
     peak = result.peak_step
     print(f"warm-up: {r.warmup_steps} steps; peak at step {peak}: "
           + ", ".join(f"lr/{g} {float(v[peak]):.4g}" for g, v in result.lrs.items()))
@@ -120,7 +139,7 @@ def _groups(args: argparse.Namespace) -> int:
     from .integrations.classes import import_class, instantiate
     from .param_groups import assign
 
-    params = load_stage_params(args.params)
+    params = load_stage_params(args.params, args.section)
     model = instantiate(import_class(params.model, "model"), params.model, "model")
     table = Table("parameter", "shape", "group", "lr", "weight_decay", title=f"{type(model).__name__} param groups")
     for a in assign(model, params.optimizer):
@@ -164,11 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check the optimizer section and print it resolved")
     validate.add_argument("params", nargs="?", default="params.yaml", help="params file (default: params.yaml)")
-    validate.add_argument("--section", default=SECTION, help="section to read (default: optimizer)")
+    validate.add_argument("--section", **SECTION_OPTION)
     validate.set_defaults(run=_validate)
 
     preview = sub.add_parser("preview", help="the LR curve of every param group, from the params alone")
     preview.add_argument("params", nargs="?", default="params.yaml")
+    preview.add_argument("--section", **SECTION_OPTION)
     preview.add_argument("--csv", help="write step + one LR column per group here")
     preview.add_argument("--png", help="write a plot here")
     preview.add_argument("--training-steps", type=int, help="the run's optimizer steps (default: from the params)")
@@ -183,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     groups = sub.add_parser("groups", help="which parameter goes to which group, with its LR and weight decay")
     groups.add_argument("params", nargs="?", default="params.yaml")
+    groups.add_argument("--section", **SECTION_OPTION)
     groups.set_defaults(run=_groups)
 
     comp = sub.add_parser("compare", help="runs side by side from the MLflow store, LR curves overlaid")
@@ -210,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as e:
+        if not e.source and getattr(args, "params", None):  # found on the model: locate it in the file
+            with contextlib.suppress(ConfigError):
+                e = e.with_source(args.params, read_params(args.params)[1])
         print(str(e), file=sys.stderr)
         return EXIT_INVALID
 

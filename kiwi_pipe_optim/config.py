@@ -15,13 +15,13 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       model_validator)
 
 from .errors import ConfigError, Problem, choices, did_you_mean, show
-from .fields import (DecayFactor, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate, Patience, Power,
+from .fields import (DecayFactor, Timescale, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate, Patience, Power,
                      Problems, Ratio, Scale, TrainingSteps, WarmupSteps, WeightDecay, mode_name, one_of, option_value,
                      written_as_one)
-from .params_file import SECTION, problems_from, read_params
+from .params_file import SECTION, find_section, missing_section, problems_from, read_params
 from .resolve import ResolvedSchedule, resolve, warmup_too_long
 from .schedules import DECAY_SCHEDULE, NO_SCHEDULE, SCHEDULE_SPECS, ScheduleSpec
-from .specs import IMPLEMENTATIONS, OPTIMIZER_SPECS, OptimizerSpec
+from .specs import IMPLEMENTATIONS, OPTIMIZER_SPECS, RETIRED, OptimizerSpec
 
 
 ScheduleName = Annotated[Optional[str], one_of(SCHEDULE_SPECS, "schedule")]
@@ -116,6 +116,9 @@ class OptimizerConfig(BaseModel):
     power: Power = Field(None, description="Exponent of the polynomial schedule (default 1).")
     final_lr_ratio: Ratio = Field(
         None, description="LR at the end of linear/cosine/polynomial decay, as a fraction of the peak (default 0).")
+    timescale: Timescale = Field(None, description="Steps over which inverse_sqrt decays after warm-up (LR halved "
+                                 "after 3 timescales); default: warmup_steps, or 1 without warm-up (transformers: "
+                                 "10000).")
     param_groups: Optional[list[GroupRule]] = Field(
         None, description="Ordered param-group rules, first match wins; the rest form the group 'default'.")
 
@@ -134,6 +137,8 @@ class OptimizerConfig(BaseModel):
     @field_validator("class_name", mode="before")
     @classmethod
     def _known_optimizer(cls, value: Any) -> str:
+        if isinstance(value, str) and value in RETIRED:
+            raise ValueError(RETIRED[value])
         if not isinstance(value, str) or value not in OPTIMIZER_SPECS:
             raise ValueError(f"unknown optimizer {show(value)}{did_you_mean(value, OPTIMIZER_SPECS)}; "
                              f"choose one of: {choices(OPTIMIZER_SPECS)}")
@@ -274,7 +279,7 @@ def _inconsistencies(config: OptimizerConfig) -> list[Problem]:
     if names and config.encoder_learning_rate is not None:
         problems.append(Problem("encoder_learning_rate", "set together with param_groups; use a rule "
                                 "{name: encoder, match: encoder, lr: ...} instead"))
-    for option in ("power", "final_lr_ratio"):
+    for option in ("power", "final_lr_ratio", "timescale"):
         if getattr(config, option) is not None and option not in sspec.options:
             users = [n for n, s in SCHEDULE_SPECS.items() if option in s.options]
             problems.append(Problem(option, f"not used by the {schedule} schedule; it applies to: {choices(users)}"))
@@ -284,17 +289,21 @@ def _inconsistencies(config: OptimizerConfig) -> list[Problem]:
 def load_config(path: str | Path = "params.yaml", section: str = SECTION) -> OptimizerConfig:
     """Read and validate the ``optimizer`` section of a params file.
 
+    ``section`` may be a dotted location: OpenKiwi's own files keep it at ``system.optimizer``.
+
     Example:
         >>> cfg = load_config("params.yaml")  # doctest: +SKIP
+        >>> cfg = load_config("openkiwi/predictor.yaml", section="system.optimizer")  # doctest: +SKIP
 
     Raises:
         ConfigError: with ``file:line: optimizer.field: message`` lines for every problem.
     """
     data, lines = read_params(path)
-    if section not in data:
-        raise ConfigError(Problem(section, f"missing section; add '{section}:' with class_name and "
-                                           f"learning_rate")).with_source(str(path))
     try:
-        return OptimizerConfig.parse(data[section], section)
+        value = find_section(data, section)
+    except KeyError:
+        raise ConfigError(missing_section(data, section)).with_source(str(path), lines) from None
+    try:
+        return OptimizerConfig.parse(value, section)
     except ConfigError as e:
         raise e.with_source(str(path), lines) from None

@@ -45,6 +45,16 @@ def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]
             found.append(Finding("warning", "optimizer.warmup_steps",
                                  f"{show(warmup)} of {total} steps rounds to 0 steps: no warm-up at all; use at least "
                                  f"{1 / total:.2g} or a step count"))
+    total = config.training_steps or run_steps
+    if sspec.uses_warmup and isinstance(warmup, int) and total is not None and warmup == total:
+        found.append(Finding("warning", "optimizer.warmup_steps",
+                             f"warm-up of {warmup} steps covers the whole run of {total} steps: the LR never reaches "
+                             f"its peak; use fewer steps, such as {max(1, total // 10)}"))
+    expected = _direction(config.monitor)
+    if sspec.monitored and expected is not None and expected != config.mode:
+        found.append(Finding("warning", "optimizer.mode",
+                             f"{config.mode} with monitor {show(config.monitor)}: {config.schedule_name} would reduce "
+                             f"the LR while {config.monitor} improves; use mode: {expected}"))
     decays = sspec.needs_training_steps and not config.final_lr_ratio
     if decays and run_steps is not None and config.training_steps is not None:
         t = config.training_steps
@@ -66,6 +76,20 @@ def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]
                              f"{show(lr)} is far {side} the usual range of {spec.name} ({low:g} to {high:g}); check the "
                              f"exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)"))
     return sorted(found, key=lambda f: f.level != "error")
+
+
+_LOWER_IS_BETTER = ("loss", "error", "perplexity", "mse", "mae", "rmse", "wer", "cer")
+_HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "bleu", "pearson", "spearman", "mcc", "r2", "iou")
+
+
+def _direction(metric: str) -> str | None:
+    """``min`` for a metric named like a loss, ``max`` for one named like a score, else unknown."""
+    name = metric.lower()
+    if any(word in name for word in _LOWER_IS_BETTER):
+        return "min"
+    if any(word in name for word in _HIGHER_IS_BETTER):
+        return "max"
+    return None
 
 
 def resolve_errors(config: OptimizerConfig, run_steps: int | None, model_size: int | None) -> list[Finding]:

@@ -12,6 +12,7 @@ decays everything, as OpenKiwi did.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -68,6 +69,14 @@ def no_decay_names(module: torch.nn.Module) -> set[str]:
     return names
 
 
+def _default_weight_decay(config: OptimizerConfig) -> float:
+    """The weight decay the torch class applies when none is given (AdamW: 0.01, most: 0)."""
+    if not config.optimizer_spec.weight_decay:
+        return 0.0
+    parameter = inspect.signature(getattr(torch.optim, config.optimizer_spec.torch_class)).parameters.get("weight_decay")
+    return float(parameter.default) if parameter is not None and isinstance(parameter.default, (int, float)) else 0.0
+
+
 def _matches(name: str, globs: list[str]) -> bool:
     parts = name.split(".")
     candidates = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # enclosing modules, then itself
@@ -83,7 +92,10 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     rates = config.group_learning_rates()
-    quiet = no_decay_names(module) if config.weight_decay_exclude == "auto" else set()
+    # Exempting parameters only matters where something decays: no extra groups otherwise (and a
+    # state saved with the plain grouping still loads).
+    decaying = (config.weight_decay if config.weight_decay is not None else _default_weight_decay(config)) > 0
+    quiet = no_decay_names(module) if config.weight_decay_exclude == "auto" and decaying else set()
 
     def decay(name: str, rule: Any = None) -> float | None:
         if not config.optimizer_spec.weight_decay:

@@ -62,6 +62,41 @@ def read_params(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, key_lines(node)
 
 
+def find_section(data: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted location (``system.optimizer``, where OpenKiwi's files keep it).
+
+    Raises:
+        KeyError: some part of the location is missing.
+    """
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def optimizer_sections(data: Any, prefix: str = "", depth: int = 3) -> list[str]:
+    """Dotted locations of mappings named ``optimizer`` that have a ``class_name``."""
+    found: list[str] = []
+    if isinstance(data, dict) and depth > 0:
+        for key, value in data.items():
+            name = f"{prefix}{key}"
+            if key == "optimizer" and isinstance(value, dict) and "class_name" in value:
+                found.append(name)
+            found.extend(optimizer_sections(value, name + ".", depth - 1))
+    return found
+
+
+def missing_section(data: dict[str, Any], section: str) -> Problem:
+    """A missing optimizer section; pointing at one found elsewhere (OpenKiwi's ``system.optimizer``)."""
+    elsewhere = [s for s in optimizer_sections(data) if s != section]
+    if elsewhere:
+        return Problem(section, f"missing section; this file has one at {elsewhere[0]}: pass --section "
+                                f"{elsewhere[0]} (OpenKiwi's files keep it there)")
+    return Problem(section, f"missing section; add '{section}:' with class_name and learning_rate")
+
+
 def key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     """The 1-based line of every dotted key under a composed YAML node; list items by index."""
     import yaml

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from .config import OptimizerConfig
-from .errors import ConfigError, Problem
 from .resolve import ResolvedSchedule
 from .schedules import evaluate
 
@@ -26,6 +25,8 @@ class Curves:
     resolved: ResolvedSchedule
     steps: int
     lrs: dict[str, torch.Tensor]
+    # The LR follows a metric during training (reduce-on-plateau): only its start is known.
+    metric_driven: bool = False
 
     @property
     def peak_step(self) -> int:
@@ -36,16 +37,16 @@ class Curves:
 def curves(config: OptimizerConfig, run_steps: int, model_size: int | None = None) -> Curves:
     """Evaluate the config's schedule over ``run_steps`` optimizer steps, per param group.
 
+    A schedule driven by a metric (reduce-on-plateau) is drawn at its starting LR, marked
+    ``metric_driven``: what is known before training, and what a pipeline can compare.
+
     Raises:
-        ConfigError: the schedule cannot be resolved (see :meth:`OptimizerConfig.resolve`), or it
-            is reduce-on-plateau, whose curve depends on the metric during training.
+        ConfigError: the schedule cannot be resolved (see :meth:`OptimizerConfig.resolve`).
     """
     resolved = config.resolve(training_steps=run_steps, model_size=model_size)
-    if not config.schedule_spec.previewable:
-        raise ConfigError(Problem("optimizer.scheduler", f"{resolved.name} reacts to the monitored metric during "
-                                  "training, so its curve cannot be previewed; preview a step schedule instead"))
-    factor = evaluate(resolved, run_steps)
-    return Curves(resolved, run_steps, {g: lr * factor for g, lr in config.group_learning_rates().items()})
+    driven = not config.schedule_spec.previewable
+    factor = torch.ones(run_steps, dtype=torch.float64) if driven else evaluate(resolved, run_steps)
+    return Curves(resolved, run_steps, {g: lr * factor for g, lr in config.group_learning_rates().items()}, driven)
 
 
 def sample_steps(steps: int, max_points: int, keep: tuple[int, ...] = ()) -> torch.Tensor:
@@ -98,7 +99,10 @@ def plot_png(path: str | Path, result: Curves, title: str = "", max_points: int 
                 textcoords="offset points", fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
-    ax.set_title(title or f"{r.name} schedule, {result.steps} steps")
+    default = f"{r.name} schedule, {result.steps} steps"
+    if result.metric_driven:
+        default = f"{r.name}: starting LR; reduced by {r.factor:g} when {r.monitor} stops improving"
+    ax.set_title(title or default)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -107,3 +111,26 @@ def plot_png(path: str | Path, result: Curves, title: str = "", max_points: int 
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def write_unknown(csv_path: str | Path | None, png_path: str | Path | None, reason: str) -> None:
+    """Outputs for a run whose step count only training will tell: a CSV with the header alone
+    and a PNG that says why, so that DVC finds the outputs it expects and the pipeline goes on."""
+    if csv_path:
+        path = Path(csv_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("step\n")
+    if png_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(png_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No preview: {reason}.\nSet trainer.max_steps or optimizer.training_steps to see the curve.",
+                ha="center", va="center", wrap=True)
+        fig.savefig(path)
+        plt.close(fig)

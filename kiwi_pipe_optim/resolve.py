@@ -32,6 +32,7 @@ class ResolvedSchedule:
     patience: int = 2
     monitor: str = "val_loss"
     mode: str = "min"
+    timescale: int | None = None
 
 
 def resolve(config: "OptimizerConfig", training_steps: int | None = None,
@@ -81,7 +82,7 @@ def resolve(config: "OptimizerConfig", training_steps: int | None = None,
         power=1.0 if config.power is None else config.power,
         final_lr_ratio=0.0 if config.final_lr_ratio is None else config.final_lr_ratio,
         factor=config.learning_rate_decay, patience=config.learning_rate_decay_start,
-        monitor=config.monitor, mode=config.mode,
+        monitor=config.monitor, mode=config.mode, timescale=config.timescale,
     )
 
 

@@ -77,7 +77,8 @@ def _warmup(step: Step, warmup: int) -> Step:
 def _progress(step: Step, warmup: int, total: int) -> Step:
     """Fraction of the decay phase done, clamped to [0, 1]."""
     ops = _ops(step)
-    done = (step - warmup) / max(1, total - warmup)
+    # Warm-up as long as the run leaves no decay phase: the end value from step ``total`` on.
+    done = (step - warmup) / (total - warmup) if total > warmup else step - warmup + 1.0
     return ops.minimum(ops.maximum(done, 0.0), 1.0)
 
 
@@ -109,12 +110,18 @@ def polynomial(step: Step, *, warmup: int, total: int, power: float = 1.0, final
     return ops.where(step < warmup, _warmup(step, warmup), decay)
 
 
-def inverse_sqrt(step: Step, *, warmup: int = 0) -> Step:
-    """Linear warm-up, then ``sqrt(warmup / step)``; without warm-up ``1 / sqrt(step + 1)``."""
+def inverse_sqrt(step: Step, *, warmup: int = 0, timescale: int | None = None) -> Step:
+    """Linear warm-up, then decay with the inverse square root of the step (Vaswani et al., 2017).
+
+    ``sqrt(timescale / (step - warmup + timescale))``: 1 when warm-up ends, halved after
+    ``3 * timescale`` more steps. ``timescale`` defaults to the warm-up length (``sqrt(warmup /
+    step)``), or 1 without warm-up (``1 / sqrt(step + 1)``); transformers' default without warm-up
+    is 10,000, a much slower decay.
+    """
     ops = _ops(step)
-    if warmup > 0:
-        return ops.where(step < warmup, _warmup(step, warmup), ops.sqrt(warmup / ops.maximum(step, warmup)))
-    return 1.0 / ops.sqrt(step + 1.0)
+    scale = timescale or max(warmup, 1)
+    decay = ops.sqrt(scale / (ops.maximum(step, warmup) - warmup + scale))
+    return ops.where(step < warmup, _warmup(step, warmup), decay) if warmup > 0 else decay
 
 
 def noam(step: Step, *, warmup: int, model_size: int) -> Step:
@@ -153,6 +160,10 @@ def _bind_decay(fn: Callable[..., Step]) -> Callable[["ResolvedSchedule"], Calla
 def _bind_polynomial(r: "ResolvedSchedule") -> Callable[[Step], Step]:
     return functools.partial(polynomial, warmup=r.warmup_steps, total=r.training_steps, power=r.power,
                              final_ratio=r.final_lr_ratio)
+
+
+def _bind_inverse_sqrt(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(inverse_sqrt, warmup=r.warmup_steps, timescale=r.timescale)
 
 
 def _bind_noam(r: "ResolvedSchedule") -> Callable[[Step], Step]:
@@ -219,7 +230,8 @@ _SCHEDULES = (
         "step", _bind_polynomial, needs_training_steps=True, options=("power", "final_lr_ratio"),
     ),
     ScheduleSpec(
-        "inverse_sqrt", "linear warm-up, then decay proportional to 1/sqrt(step)", "step", _bind_warmup(inverse_sqrt),
+        "inverse_sqrt", "linear warm-up, then decay proportional to 1/sqrt(step) over timescale", "step",
+        _bind_inverse_sqrt, options=("timescale",),
     ),
     ScheduleSpec(
         "noam", "Vaswani et al. (2017): d^-0.5 * min(s^-0.5, s * warmup^-1.5), s = step + 1",

@@ -138,6 +138,13 @@ OPTIMIZER_SPECS: Mapping[str, OptimizerSpec] = MappingProxyType({s.name: s for s
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
 
+# Names OpenKiwi accepted that have no counterpart here, with what to write instead.
+RETIRED = MappingProxyType({
+    "dense_sparse_adam": "OpenKiwi 2.0's dense_sparse_adam (Adam for dense parameters, SparseAdam for sparse "
+                         "embeddings) has no counterpart here; use adam, and nn.Embedding(sparse=False) "
+                         "(sparse_adam alone fails on any dense layer)",
+})
+
 
 def list_optimizers() -> list[str]:
     """Names accepted by ``optimizer.class_name``, sorted.

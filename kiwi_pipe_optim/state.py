@@ -77,7 +77,8 @@ def safe_load(path: str | Path, field: str, what: str, fix: str) -> Any:
 def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any]:
     """Read a state file safely; return ``{"optimizer": ..., "scheduler": ..., "class_name": ...}``.
 
-    A plain ``torch.save(optimizer.state_dict())`` file is accepted too (without scheduler state).
+    Also accepted, without scheduler state: a plain ``torch.save(optimizer.state_dict())`` file,
+    and OpenKiwi's ``{'name': <optimizer name>, 'state_dict': ...}``, whose name is then checked.
 
     Raises:
         ConfigError: missing or unreadable file, a file that would need arbitrary code to load,
@@ -89,6 +90,8 @@ def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any
         state = data
     elif isinstance(data, dict) and {"state", "param_groups"} <= set(data):
         state = {"optimizer": data, "scheduler": None, "class_name": None}
+    elif isinstance(data, dict) and set(data) == {"name", "state_dict"} and isinstance(data["name"], str):
+        state = {"optimizer": data["state_dict"], "scheduler": None, "class_name": data["name"]}  # OpenKiwi's
     else:
         raise ConfigError(Problem(
             field, f"{shown} holds no optimizer state (expected a file written by save_state); "

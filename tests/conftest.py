@@ -8,6 +8,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def committed(name: str) -> str:
+    """A file of this repository as committed: the README's own ``dvc exp run -S ...`` changes the
+    working params.yaml, and must not change what the tests see."""
+    import subprocess
+
+    return subprocess.run(["git", "show", f"HEAD:{name}"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+
+
 class Exploit:
     """Unpickling it creates the file ``marker``: a stand-in for a pickle that runs code."""
 

@@ -12,7 +12,7 @@ ALL_OPTIMIZERS = "adadelta, adagrad, adam, adamax, adamw, averaged_sgd, noam, rm
 ALL_KEYS = (
     "class_name, learning_rate, encoder_learning_rate, warmup_steps, training_steps, learning_rate_decay, "
     "learning_rate_decay_start, load, scheduler, weight_decay, weight_decay_exclude, options, implementation, monitor, mode, "
-    "power, final_lr_ratio, param_groups"
+    "power, final_lr_ratio, timescale, param_groups"
 )
 
 

@@ -90,9 +90,11 @@ def test_param_group_dicts_keep_their_lr_and_are_not_mutated():
 def test_module_gets_named_encoder_group():
     cfg = OptimizerConfig(class_name="sgd", learning_rate=0.1, encoder_learning_rate=0.01)
     opt = from_config(cfg, Tiny())
-    # split by weight decay (biases get none), named by group
-    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
-        ("encoder", 0.01, 0, 2), ("encoder", 0.01, 0.0, 2), ("default", 0.1, 0, 1), ("default", 0.1, 0.0, 1)]
+    # SGD decays nothing here, so the groups are not split by weight decay
+    assert [(g["name"], g["lr"], len(g["params"])) for g in opt.param_groups] == [("encoder", 0.01, 4), ("default", 0.1, 2)]
+    decaying = from_config(cfg.model_copy(update={"weight_decay": 0.1}), Tiny())
+    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in decaying.param_groups] == [
+        ("encoder", 0.01, 0.1, 2), ("encoder", 0.01, 0.0, 2), ("default", 0.1, 0.1, 1), ("default", 0.1, 0.0, 1)]
 
 
 def test_encoder_lr_without_encoder_is_an_error():

@@ -134,8 +134,17 @@ def test_module_without_configure_optimizers_gets_ours():
             return self.layer(batch[0].float()).sum()
 
     module = Plain()
-    assert attach_config(module, OptimizerConfig(class_name="sgd", learning_rate=0.1))
+    assert not attach_config(module, OptimizerConfig(class_name="sgd", learning_rate=0.1))  # nothing replaced
     assert isinstance(module.configure_optimizers(), torch.optim.SGD)
+
+
+def test_a_module_with_its_own_configure_optimizers_gets_ours_as_lightningcli_does():
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    module = BoringModel()
+    assert attach_config(module, OptimizerConfig(class_name="adam", learning_rate=0.003))
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.003
 
 
 def test_flavor_of_rejects_plain_modules():

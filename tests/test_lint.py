@@ -1,14 +1,15 @@
 import subprocess
+import sys
 
 import lightning.pytorch as L
 import pytest
 import torch
 
 from kiwi_pipe_optim import OptimizerConfig
-from kiwi_pipe_optim.examples.digits import DigitsMLP, DigitsTransformer
+from kiwi_pipe_optim.examples.digits import DigitsTransformer
 from kiwi_pipe_optim.integrations.model_lint import lint_model, logged_metrics
 from kiwi_pipe_optim.lint import lint, resolve_errors
-from tests.conftest import BIN
+from tests.conftest import BIN, ROOT
 
 
 class NoEncoder(L.LightningModule):
@@ -81,12 +82,24 @@ def test_plateau_monitor_the_model_never_logs():
     assert logged_metrics(NoEncoder) == {"val_f1", "val_recall"}
 
 
-def test_encoder_learning_rate_without_an_encoder():
-    section = {"class_name": "adam", "learning_rate": 1e-3, "encoder_learning_rate": 1e-4}
-    assert messages(section, model_cls=NoEncoder) == [
-        "warning: optimizer.encoder_learning_rate: 0.0001 is set but NoEncoder has no 'encoder' submodule, so no "
-        "group gets it; remove it, or use param_groups rules"]
-    assert messages(section, model_cls=DigitsMLP) == []
+def test_encoder_learning_rate_without_an_encoder_stops_preview_and_stage(tmp_path):
+    """Checked on the model itself (built on the meta device by preview), not guessed from source."""
+    import yaml
+
+    from tests.test_preview import FAST
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({**FAST, "model": {"class_path": "tests.test_lint:NoEncoder"},
+                                    "optimizer": {"class_name": "adam", "learning_rate": 1e-3,
+                                                  "encoder_learning_rate": 1e-4}}))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "encoder_learning_rate" in text)
+    for command in ([str(BIN / "kiwi-optim"), "preview", str(path)],
+                    [sys.executable, str(ROOT / "stages" / "train.py"), "--params", str(path)]):
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"{path}:{line}: optimizer.encoder_learning_rate: 0.0001 is set, but NoEncoder has no 'encoder' submodule; "
+            "remove encoder_learning_rate or give the model an 'encoder' attribute")
 
 
 def test_validate_prints_lint_once(write_params):
@@ -99,3 +112,23 @@ def test_validate_prints_lint_once(write_params):
         f"{path}:1: warning: optimizer.learning_rate: 5.0 is far above the usual range of adamw (1e-06 to 0.01); check the "
         "exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)",
     ]
+
+
+def test_warmup_as_long_as_the_run():
+    assert messages({"class_name": "adamw", "learning_rate": 1e-3, "warmup_steps": 230}, run_steps=230) == [
+        "warning: optimizer.warmup_steps: warm-up of 230 steps covers the whole run of 230 steps: the LR never "
+        "reaches its peak; use fewer steps, such as 23"]
+    assert messages({"class_name": "adamw", "learning_rate": 1e-3, "warmup_steps": 229}, run_steps=230) == []
+
+
+@pytest.mark.parametrize("monitor, mode, expected", [
+    ("val_loss", "max", "min"), ("val_acc", "min", "max"), ("f1_macro", "min", "max"),
+])
+def test_mode_against_the_direction_of_the_monitored_metric(monitor, mode, expected):
+    section = {"class_name": "sgd", "learning_rate": 0.1, "learning_rate_decay": 0.5, "monitor": monitor,
+               "mode": mode}
+    assert messages(section) == [
+        f"warning: optimizer.mode: {mode} with monitor '{monitor}': plateau would reduce the LR while {monitor} "
+        f"improves; use mode: {expected}"]
+    assert messages({**section, "mode": expected}) == []
+    assert messages({**section, "monitor": "custom_score", "mode": mode}) == []

@@ -18,7 +18,7 @@ from kiwi_pipe_optim.integrations.stage import run as run_stage
 from kiwi_pipe_optim.integrations.steps import run_steps_from_params, stepping_batches
 from kiwi_pipe_optim.preview import curves, sample_steps, write_csv
 from kiwi_pipe_optim.resolve import resolve_for
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN, ROOT, committed
 
 
 class Nothing(L.LightningModule):
@@ -152,7 +152,7 @@ def test_preview_of_a_million_steps_keeps_the_csv_small(tmp_path):
 def test_schema_accepts_the_repository_params_and_rejects_a_typo():
     schema = params_schema()
     assert json.loads((ROOT / "params.schema.json").read_text()) == schema, "run: kiwi-optim schema -o params.schema.json"
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     jsonschema.validate(params, schema)
     params["optimizer"]["class_name"] = "adamm"
     with pytest.raises(jsonschema.ValidationError, match="'adamm' is not one of"):
@@ -161,7 +161,7 @@ def test_schema_accepts_the_repository_params_and_rejects_a_typo():
     params["optimizer"]["learnig_rate"] = 0.1
     with pytest.raises(jsonschema.ValidationError, match="Additional properties are not allowed"):
         jsonschema.validate(params, schema)
-    assert "# yaml-language-server: $schema=params.schema.json" in (ROOT / "params.yaml").read_text()
+    assert "# yaml-language-server: $schema=params.schema.json" in committed("params.yaml")
 
 
 def test_groups_cli_prints_the_table(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kiwi_pipe_optim import OptimizerConfig, from_config, get_noam_decay_schedule
-from kiwi_pipe_optim.schedules import evaluate, multiplier
+from kiwi_pipe_optim.schedules import SCHEDULE_SPECS, evaluate, multiplier
 
 LR = 0.01
 W, T = 10, 110
@@ -32,6 +32,8 @@ TABLES = [
     ("polynomial", {"power": 2.0}, {5: 0.5, 10: 1.0, 60: 0.25, 85: 0.0625, 110: 0.0}),
     ("polynomial", {"power": 0.5, "final_lr_ratio": 0.5}, {60: 0.5 + 0.5 * 0.5 ** 0.5, 110: 0.5}),
     ("inverse_sqrt", {}, {0: 0.0, 5: 0.5, 10: 1.0, 40: 0.5, 90: math.sqrt(10 / 90), 1000: 0.1}),
+    # sqrt(timescale / (step - warmup + timescale)): halved 3 timescales after warm-up
+    ("inverse_sqrt", {"timescale": 40}, {5: 0.5, 10: 1.0, 130: 0.5, 370: math.sqrt(40 / 400)}),
     ("noam", {"model_size": 64}, {s: noam_formula(s, W, 64) for s in (0, 1, 5, 9, 10, 50, 109, 500)}),
 ]
 
@@ -140,3 +142,12 @@ def test_million_step_curve_is_fast_enough_to_preview():
     cfg = OptimizerConfig(class_name="adamw", learning_rate=1e-3, warmup_steps=0.01, scheduler="cosine")
     curve = evaluate(cfg.resolve(training_steps=1_000_000), 1_000_000)
     assert curve.shape == (1_000_000,) and float(curve[10_000]) == 1.0 and float(curve[-1]) < 1e-9
+
+
+@pytest.mark.parametrize("schedule", sorted(n for n, s in SCHEDULE_SPECS.items() if s.needs_training_steps))
+@pytest.mark.parametrize("warmup", [0, W, T])
+def test_past_the_last_step_the_lr_stays_at_the_end_value(schedule, warmup):
+    cfg = OptimizerConfig(class_name="sgd", learning_rate=LR, scheduler=schedule, warmup_steps=warmup,
+                          training_steps=T, final_lr_ratio=0.1)
+    curve = evaluate(cfg.resolve(), torch.tensor([T - 1, T, T + 1, 2 * T, 100 * T], dtype=torch.float64))
+    assert curve[0] > 0.1 and curve[1:].tolist() == [pytest.approx(0.1)] * 4

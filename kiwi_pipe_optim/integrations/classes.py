@@ -52,22 +52,29 @@ def check_init_args(cls: type, spec: ImportedParams, section: str) -> None:
 def instantiate(cls: type, spec: ImportedParams, section: str) -> Any:
     try:
         return cls(**spec.init_args)
-    except (TypeError, ValueError) as e:
-        message = str(e).splitlines()[0]
+    except Exception as e:  # any refusal of the user's constructor is a params problem: one line
+        message = str(e).splitlines()[0] if str(e).strip() else ""
+        if not isinstance(e, (TypeError, ValueError)):
+            message = f"{type(e).__name__}: {message}".rstrip(": ")
         if message.startswith(f"{section}."):
             raise ConfigError(Problem("", message)) from None
         raise ConfigError(Problem(f"{section}.init_args", f"{cls.__name__} refused them: {message}")) from None
 
 
-def model_size_from_params(params: StageParams) -> int | None:
-    """The model size the run will use (see :func:`kiwi_pipe_optim.resolve.model_size_of`), from
-    the params' model built on the meta device: shapes without memory, so any model size is cheap."""
+def model_on_meta(params: StageParams) -> Any:
+    """The params' model built on the meta device: its parameter names and shapes without their
+    memory, so previews and checks cost nothing whatever the model's size. A constructor that
+    computes with its tensors is built for real."""
     import torch
 
     cls = import_class(params.model, "model")
     try:
         with torch.device("meta"):
-            model = cls(**params.model.init_args)
-    except Exception:  # a constructor that computes with its tensors: build it for real
-        model = instantiate(cls, params.model, "model")
-    return model_size_of(model)
+            return cls(**params.model.init_args)
+    except Exception:
+        return instantiate(cls, params.model, "model")
+
+
+def model_size_from_params(params: StageParams) -> int | None:
+    """The model size the run will use (see :func:`kiwi_pipe_optim.resolve.model_size_of`)."""
+    return model_size_of(model_on_meta(params))

@@ -86,19 +86,19 @@ class KiwiOptimizers:
 
 
 def attach_config(module: Any, config: OptimizerConfig) -> bool:
-    """Make ``module`` build its optimizer from ``config``; False if it insists on its own.
+    """Make ``module`` build its optimizer from ``config``; True if that replaced its own method.
 
-    Modules with the :class:`KiwiOptimizers` mixin get the config; modules that do not define
-    ``configure_optimizers`` get ours; a module with its own is left alone.
+    Modules with the :class:`KiwiOptimizers` mixin get the config and keep their method (which
+    may refine ours). Any other module's ``configure_optimizers`` is replaced, as LightningCLI does
+    when the optimizer is configured: otherwise ``dvc exp run -S optimizer.…`` would silently
+    change nothing.
     """
     if isinstance(module, KiwiOptimizers):
         module.optimizer_config = config
-        return True
-    flavor = flavor_of(module)
-    if type(module).configure_optimizers is flavor.LightningModule.configure_optimizers:
-        module.configure_optimizers = lambda: configure_optimizers(module, config)
-        return True
-    return False
+        return False
+    replaced = type(module).configure_optimizers is not flavor_of(module).LightningModule.configure_optimizers
+    module.configure_optimizers = lambda: configure_optimizers(module, config)
+    return replaced
 
 
 class _StepRecorder:

@@ -1,8 +1,8 @@
-"""Findings that need the user's LightningModule class: what it logs, what submodules it has.
+"""Findings that need the user's LightningModule class: what it logs.
 
-Read from the class's source, without building the model: a plateau ``monitor`` the module never
-logs, or an ``encoder_learning_rate`` for a model without an ``encoder``, would otherwise only
-surface at the end of the first epoch, or never.
+Read from the class's source, without training: a plateau ``monitor`` the module never logs
+would otherwise only surface at the end of the first epoch. (Param groups are checked on the
+model itself: :func:`kiwi_pipe_optim.param_groups.assign`.)
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ def lint_model(config: OptimizerConfig, model_cls: type) -> list[Finding]:
     found: list[Finding] = []
     if config.schedule_spec.monitored:
         logged = logged_metrics(model_cls)
-        if logged and config.monitor not in logged:
+        if not logged:
+            found.append(Finding("warning", "optimizer.monitor",
+                                 f"{config.schedule_name} monitors {show(config.monitor)} but {model_cls.__name__} "
+                                 f"has no self.log call with a literal name; unless it logs {show(config.monitor)} "
+                                 f"some other way, training stops at the first epoch end: log it, or choose a "
+                                 f"step schedule"))
+        elif config.monitor not in logged:
             found.append(Finding("warning", "optimizer.monitor",
                                  f"{config.schedule_name} monitors {show(config.monitor)} but {model_cls.__name__} "
                                  f"never logs it (it logs: {', '.join(sorted(logged))}); set optimizer.monitor to "
                                  f"one of them"))
-    if config.encoder_learning_rate is not None and not re.search(r"self\.encoder\s*[:=]", _source_of(model_cls)):
-        found.append(Finding("warning", "optimizer.encoder_learning_rate",
-                             f"{show(config.encoder_learning_rate)} is set but {model_cls.__name__} has no "
-                             f"'encoder' submodule, so no group gets it; remove it, or use param_groups rules"))
     return found

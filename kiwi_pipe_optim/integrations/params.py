@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import OptimizerConfig
 from ..errors import ConfigError, Problem, show
-from ..params_file import problems_from, read_params
+from ..params_file import find_section, missing_section, problems_from, read_params
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
 STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint")
@@ -110,8 +110,11 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
 _REQUIRED = ("data", "model", "optimizer")
 
 
-def load_stage_params(path: str | Path = "params.yaml") -> StageParams:
+def load_stage_params(path: str | Path = "params.yaml", optimizer_section: str = "optimizer") -> StageParams:
     """Read and validate every section the stage uses.
+
+    ``optimizer_section`` is where the optimizer section is: a dotted location such as
+    ``system.optimizer`` reads an OpenKiwi file's own.
 
     Raises:
         ConfigError: every problem of every section, as ``file:line: section.field: message``.
@@ -119,28 +122,33 @@ def load_stage_params(path: str | Path = "params.yaml") -> StageParams:
     data, lines = read_params(path)
     problems: list[Problem] = []
     parsed: dict[str, Any] = {}
-    for section, model in _SECTION_MODELS.items():
-        if section not in data:
-            if section in _REQUIRED:
+    for name, model in _SECTION_MODELS.items():
+        section = optimizer_section if name == "optimizer" else name
+        try:
+            value = find_section(data, section)
+        except KeyError:
+            if name == "optimizer":
+                problems.append(missing_section(data, section))
+            elif name in _REQUIRED:
                 problems.append(Problem(section, f"missing section; add '{section}:' (see the README's params.yaml)"))
             continue
-        value = data[section]
-        if value is None and section not in _REQUIRED:
+        if value is None and name not in _REQUIRED:
             continue
         if not isinstance(value, dict):
             got = "nothing" if value is None else type(value).__name__
             problems.append(Problem(section, f"expected a mapping of fields, got {got}"))
             continue
-        if section == "trainer":
+        if name == "trainer":
             problems.extend(Problem(f"trainer.{key}", "set by the stage itself; remove it from params")
                             for key in RESERVED_TRAINER_KEYS if key in value)
         try:
-            parsed[section] = model.model_validate(value)
+            parsed[name] = model.model_validate(value)
         except ValidationError as e:
             problems.extend(problems_from(e, model, section))
     if problems:
         raise ConfigError(problems).with_source(str(path), lines)
-    return StageParams(**parsed, raw={k: data[k] for k in STAGE_SECTIONS if k in data})
+    groups = {*STAGE_SECTIONS, optimizer_section.split(".")[0]}
+    return StageParams(**parsed, raw={k: data[k] for k in data if k in groups})
 
 
 class ParamsFile(BaseModel):

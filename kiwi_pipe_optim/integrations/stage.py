@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -169,7 +170,7 @@ def write_outputs(out_dir: Path, recorder: Any, global_step: int, epochs: int) -
     return metrics
 
 
-def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> dict[str, Any]:
+def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", section: str = "optimizer") -> dict[str, Any]:
     """Train once as ``params_path`` says, log to MLflow, write the DVC outputs; return the metrics.
 
     Raises:
@@ -178,7 +179,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
             every line names the file, the line where known, and the dotted field.
     """
     try:
-        return _run(params_path, out_dir)
+        return _run(params_path, out_dir, section)
     except ConfigError as e:
         if e.source:
             raise
@@ -186,8 +187,8 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".") -> d
         raise e.with_source(str(params_path), lines) from None
 
 
-def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    params = load_stage_params(params_path)
+def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str, Any]:
+    params = load_stage_params(params_path, section)
     out_dir = Path(out_dir)
     model_cls = import_class(params.model, "model")
     data_cls = import_class(params.data, "data")
@@ -217,6 +218,20 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     if params.checkpoint.resume and checkpoint_path.exists():
         point = read_resume_point(checkpoint_path)  # refuses a file that would run code
         check_same_params(point, params.raw)
+    # The user's classes are built before any MLflow run exists, so that a constructor's refusal or
+    # a param-group rule that fits no parameter stops the stage with nothing to clean up. Seeded
+    # here; Python's generator is set aside while MLflow names the run (it draws from it).
+    unseeded = random.getstate()
+    flavor.seed_everything(params.trainer.seed, workers=True, verbose=False)
+    data = instantiate(data_cls, params.data, "data")
+    model = instantiate(model_cls, params.model, "model")
+    assign(model, params.optimizer)  # raises for a rule that matches nothing, an encoder LR without encoder
+    if kl.attach_config(model, params.optimizer):
+        logger.warning("%s.configure_optimizers is replaced by the params' optimizer section (as LightningCLI does); "
+                       "to refine ours instead, derive from kiwi_pipe_optim.integrations.lightning.KiwiOptimizers",
+                       model_cls.__name__)
+    seeded = random.getstate()
+    random.setstate(unseeded)
     tracker = None
     rank_zero = is_rank_zero()
     if params.mlflow.enabled and rank_zero:
@@ -235,6 +250,7 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
                             spool_dir=root / ".kiwi-pipe-optim" / "spool",
                             resume_run_id=point.run_id if point else None)
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
+    random.setstate(seeded)
     if point is not None:
         logger.info("resuming from step %d of %s", point.step, point.path)
         if tracker is not None:
@@ -262,13 +278,6 @@ def _run(params_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
                          run_id=tracker.run_id if tracker else None)
     status = "FAILED"
     try:
-        # Seeded after the MLflow run exists: MLflow names runs with Python's global RNG.
-        flavor.seed_everything(params.trainer.seed, workers=True, verbose=False)
-        data = instantiate(data_cls, params.data, "data")
-        model = instantiate(model_cls, params.model, "model")
-        if not kl.attach_config(model, params.optimizer):
-            logger.warning("%s defines its own configure_optimizers; the optimizer section is logged but "
-                           "only used if that method calls kiwi_pipe_optim.from_config", model_cls.__name__)
         if tracker is not None:
             from .mlflow import flatten
 
@@ -320,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train with the optimizer declared in params.yaml.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default=".")
+    parser.add_argument("--section", default="optimizer", help="where the optimizer section is, dotted "
+                        "(OpenKiwi's files: system.optimizer)")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kiwi-pipe-optim: %(levelname)s: %(message)s"))
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        metrics = run(args.params, args.out_dir)
+        metrics = run(args.params, args.out_dir, args.section)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """A real DVC repository in a temp dir, holding this project's pipeline, for end-to-end tests."""
 
+import io
 import os
-import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -50,14 +51,19 @@ def sh(args: list[str], cwd: Path, timeout: float = 300, check: bool = True, **e
     return result
 
 
+def committed_project(path: Path) -> None:
+    """The pipeline as committed (``git archive HEAD``), never the working tree: a ``dvc exp run
+    -S ...`` in the checkout changes its params.yaml, and must not change what the tests run."""
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", *PROJECT_FILES, *PROJECT_DIRS],
+                             cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(path, filter="data")
+
+
 def make_repo(path: Path, params: dict[str, Any] | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, path / name)
-    for name in PROJECT_DIRS:
-        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    committed_project(path)
+    base = yaml.safe_load((path / "params.yaml").read_text())
     (path / "params.yaml").write_text(yaml.safe_dump(merge(merge(base, FAST), params or {}), sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], path)
     sh(["git", "add", "-A"], path)
