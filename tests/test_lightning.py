@@ -1,6 +1,9 @@
 """Every registry entry inside a real ``Trainer.fit``, under both Lightning import names."""
 
 import lightning.pytorch as L
+import tempfile
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as PL
 import torch
@@ -8,7 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiwi_pipe_optim import OptimizerConfig
+from kiwi_pipe_optim.integrations.journal import Journal
 from kiwi_pipe_optim.integrations.lightning import KiwiOptimizers, attach_config, flavor_of, step_recorder
+from kiwi_pipe_optim.integrations.logger import kiwi_logger
 from kiwi_pipe_optim.schedules import multiplier
 
 SECTIONS = {
@@ -57,16 +62,27 @@ def loader():
     return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
+def curves(journal):
+    """Every logged key's ``[(step, value), ...]``, read back from the journal."""
+    out = {}
+    for (key, value, _, step) in next(journal.values(chunk=10**9), (0, []))[1]:
+        out.setdefault(key, []).append((step, value))
+    return out
+
+
 def fit(module, config, max_steps=4, max_epochs=None, accumulate=1):
+    """Train with our logger (journal only, no MLflow) and the step recorder; return the curves."""
     flavor = flavor_of(module)
     attach_config(module, config)
-    recorder = step_recorder(flavor)
+    journal = Journal(Path(tempfile.mkdtemp()) / "journal")
+    run_logger = kiwi_logger(flavor, journal=journal, flush_interval_s=0)
     trainer = flavor.Trainer(max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=accumulate,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, callbacks=[recorder], accelerator="cpu",
-                             num_sanity_val_steps=0)
+                             logger=run_logger, log_every_n_steps=1, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[step_recorder(flavor)],
+                             accelerator="cpu", num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=loader(), val_dataloaders=loader())
-    return trainer, recorder
+    run_logger.persist()
+    return trainer, curves(journal)
 
 
 @pytest.mark.parametrize("name", sorted(SECTIONS))
@@ -75,15 +91,15 @@ def test_every_optimizer_trains_in_lightning(name):
     module = tiny_module(L.LightningModule, sparse=name == "sparse_adam")
     before = [p.detach().clone() for p in module.parameters()]
     config = OptimizerConfig(class_name=name, **SECTIONS[name])
-    trainer, recorder = fit(module, config)
+    trainer, logged = fit(module, config)
     assert trainer.global_step == 4
-    assert [step for step, _ in recorder.lr_history] == [0, 1, 2, 3]
+    assert [step for step, _ in logged["lr/default"]] == [0, 1, 2, 3]
     assert isinstance(trainer.optimizers[0], type(trainer.optimizers[0]))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
     resolved = module.kiwi_resolved
     if resolved.name != "none":
         f = multiplier(resolved)
-        assert [lrs["default"] for _, lrs in recorder.lr_history] == pytest.approx(
+        assert [lr for _, lr in logged["lr/default"]] == pytest.approx(
             [config.learning_rate * f(s) for s in range(4)])
 
 
@@ -96,32 +112,32 @@ def test_sparse_adam_with_dense_gradients_is_a_clear_error():
 def test_plateau_in_lightning_monitors_val_loss():
     module = tiny_module(L.LightningModule)
     config = OptimizerConfig(class_name="sgd", learning_rate=1e-6, learning_rate_decay=0.5, learning_rate_decay_start=0)
-    trainer, recorder = fit(module, config, max_steps=-1, max_epochs=4)
+    trainer, logged = fit(module, config, max_steps=-1, max_epochs=4)
     config_entry = trainer.lr_scheduler_configs[0]
     assert (config_entry.interval, config_entry.monitor) == ("epoch", "val_loss")
     # an LR of 1e-6 cannot improve val_loss: the first epoch sets the best value, then with
     # patience 0 the LR halves after every epoch
-    per_epoch = [lrs["default"] for step, lrs in recorder.lr_history if step % 4 == 0]
+    per_epoch = [lr for step, lr in logged["lr/default"] if step % 4 == 0]
     assert per_epoch == pytest.approx([1e-6, 1e-6, 5e-7, 2.5e-7], rel=1e-9, abs=0)
 
 
 def test_training_steps_come_from_the_trainer_with_accumulation():
     module = tiny_module(L.LightningModule)
     config = OptimizerConfig(class_name="adamw", learning_rate=1e-3, warmup_steps=0.25)
-    trainer, recorder = fit(module, config, max_steps=-1, max_epochs=3, accumulate=2)
+    trainer, logged = fit(module, config, max_steps=-1, max_epochs=3, accumulate=2)
     # 4 batches per epoch, 2 per optimizer step, 3 epochs: 6 optimizer steps
     assert module.kiwi_resolved.training_steps == 6 == trainer.global_step
     assert module.kiwi_resolved.warmup_steps == 2
-    assert [s for s, _ in recorder.lr_history] == list(range(6))
-    assert [s for s, _ in recorder.loss_history] == list(range(6))
+    assert [s for s, _ in logged["lr/default"]] == list(range(6))
+    assert [s for s, _ in logged["train_loss"]] == list(range(6))
 
 
 def test_pytorch_lightning_flavor_trains_with_its_own_trainer():
     module = tiny_module(PL.LightningModule)
     assert flavor_of(module) is PL
-    trainer, recorder = fit(module, OptimizerConfig(class_name="noam", learning_rate=1.0, warmup_steps=2))
+    trainer, logged = fit(module, OptimizerConfig(class_name="noam", learning_rate=1.0, warmup_steps=2))
     assert isinstance(trainer, PL.Trainer) and trainer.global_step == 4
-    assert len(recorder.lr_history) == 4
+    assert len(logged["lr/default"]) == 4 and len(logged["momentum/default"]) == 4
 
 
 def test_module_without_configure_optimizers_gets_ours():

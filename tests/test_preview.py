@@ -90,12 +90,13 @@ def test_preview_equals_the_lrs_a_real_run_logs(name, tmp_path):
     write_csv(tmp_path / "preview.csv", curves(params.optimizer, steps, model_size_from_params(params)))
     metrics = run_stage(path, tmp_path)
     assert metrics["steps"] == steps  # 240 examples, batches of 32, pairs: 4 steps an epoch
-    logged_header, logged = read_csv(tmp_path / "plots" / "lr.csv")
     preview_header, preview = read_csv(tmp_path / "preview.csv")
-    assert logged_header == preview_header
-    assert len(logged) == len(preview) == steps
-    for got, want in zip(logged, preview):
-        assert got == pytest.approx(want, rel=1e-12, abs=1e-18)
+    assert sorted(p.stem for p in (tmp_path / "plots" / "lr").glob("*.csv")) == sorted(preview_header[1:])
+    for column, group in enumerate(preview_header[1:], 1):
+        header, logged = read_csv(tmp_path / "plots" / "lr" / f"{group}.csv")
+        assert header == ["step", "lr"] and len(logged) == len(preview) == steps
+        for got, want in zip(logged, preview):
+            assert got == pytest.approx([want[0], want[column]], rel=1e-12, abs=1e-18)
 
 
 class NoSizeAttribute(torch.nn.Module):

@@ -36,7 +36,7 @@ from .mlflow import flatten
 FORMAT = "kiwi-pipe-optim/resume"
 CHECKPOINT_FILE = Path(".kiwi-pipe-optim") / "checkpoints" / "train.ckpt"
 # What may change between a crash and its resume: where and how the run is logged and saved.
-NOT_RUN_DEFINING = ("mlflow", "checkpoint", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+NOT_RUN_DEFINING = ("mlflow", "checkpoint", "plots", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                     "trainer.log_every_n_steps")
 FIELD = "checkpoint"
 
@@ -58,6 +58,7 @@ class ResumePoint:
     run_id: str | None
     params: dict[str, str]
     loader_states: tuple[Any, ...] = ()
+    journal_offset: int = 0
 
 
 def _fresh(path: Path) -> str:
@@ -80,7 +81,8 @@ def read_resume_point(path: str | Path) -> ResumePoint:
     state = ours[0]
     fit_loop = (data.get("loops") or {}).get("fit_loop") or {}
     loaders = (fit_loop.get("state_dict") or {}).get("combined_loader") or []
-    return ResumePoint(path, int(state["step"]), state.get("run_id"), dict(state["params"]), tuple(loaders))
+    return ResumePoint(path, int(state["step"]), state.get("run_id"), dict(state["params"]), tuple(loaders),
+                       int(state.get("journal_offset", 0)))
 
 
 def restore_loader(loader: Any, point: ResumePoint | None) -> None:
@@ -156,9 +158,9 @@ class _Checkpointer:
     """Saves every ``every_n_steps`` optimizer steps, right after the step, and restores.
 
     A step that ends an epoch is saved at the epoch's end instead, after validation, so a resume
-    never repeats or skips an epoch's validation. Values logged but not yet sent to MLflow need
-    no send here: the step recorder's history is part of the checkpoint, and a resume sends what
-    the run lacks.
+    never repeats or skips an epoch's validation. Logged values are not part of the checkpoint:
+    the loggers' journal is (its length, so a save costs the same at any step); what was logged
+    for the saved step just after the save is journaled at the next batch's start.
     """
 
     def __init__(self, path: Path, every_n_steps: int, params: dict[str, str], config: OptimizerConfig,
@@ -173,10 +175,12 @@ class _Checkpointer:
         self._rng_to_restore: dict[str, Any] | None = None
         self._saved_step = -1
         self._due = False
+        self._journal_offset = 0
+        self._persist_due = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "run_id": self.run_id, "params": self.params, "step": self._saved_step,
-                "rng": _rng_state()}
+                "rng": _rng_state(), "journal_offset": self._journal_offset}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.resumed_step = self._saved_step = int(state["step"])
@@ -202,6 +206,9 @@ class _Checkpointer:
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        if self._persist_due:
+            self._persist_due = False
+            _persist(trainer)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -222,6 +229,8 @@ class _Checkpointer:
         if hasattr(loader, "mark_consumed"):
             loader.mark_consumed(len(loader) if consumed == math.inf else int(consumed))
         self._saved_step = trainer.global_step
+        self._journal_offset = _persist(trainer)
+        self._persist_due = True
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +240,12 @@ class _Checkpointer:
             trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
+
+
+def _persist(trainer: Any) -> int:
+    """Journal what our logger holds; the journal's length (0 without our logger)."""
+    sizes = [logger.persist() for logger in trainer.loggers if hasattr(logger, "persist")]
+    return sizes[0] if sizes else 0
 
 
 def checkpointer(flavor: ModuleType, **kwargs: Any) -> Any:

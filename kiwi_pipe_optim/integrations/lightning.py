@@ -102,69 +102,35 @@ def attach_config(module: Any, config: OptimizerConfig) -> bool:
 
 
 class _StepRecorder:
-    """Records the LR of every param group at every optimizer step, the loss per step and the
-    validation metrics per epoch, and hands them to ``sink(key, value, step)``. ``flush(force)``
-    is offered at every epoch end (``force=False``: the sink may wait for a bigger batch) and
-    forced at the end of training and on failure."""
+    """Observes what only the training loop knows, and hands it to every logger of the trainer:
+    the LR (and momentum, or Adam's beta1) of every param group at every optimizer step, named
+    after the group (``lr/encoder``), and the training loss per optimizer step.
 
-    def __init__(self, sink: Callable[[str, float, int], None] | None = None,
-                 flush: Callable[[bool], None] | None = None,
-                 on_resolved: Callable[[ResolvedSchedule, list[Any]], None] | None = None):
+    The loss stays on its device (summed over accumulated batches as a tensor): no host sync per
+    step. Its state is the loss of a step in progress, so a checkpoint costs the same at any step.
+    """
+
+    def __init__(self, on_resolved: Callable[[ResolvedSchedule, list[Any]], None] | None = None):
         super().__init__()
-        self.sink = sink
-        self.flush = flush
         self.on_resolved = on_resolved
-        self.lr_history: list[tuple[int, dict[str, float]]] = []
-        self.loss_history: list[tuple[int, float]] = []
-        self.val_history: list[tuple[int, int, dict[str, float]]] = []
-        self._loss_sum = 0.0
+        self._loss_sum: Any = None
         self._loss_count = 0
         self._logged_step = -1
         self._started: float | None = None
         self.seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        # In the checkpoint, so that a resumed run's outputs hold the whole run, not its tail. As
-        # tensors: pickling a list of thousands of small objects made a save ten times slower.
-        groups: list[str] = []
-        for _, lrs in self.lr_history:
-            groups.extend(g for g in lrs if g not in groups)
-        nan = float("nan")
-        return {
-            "lr_groups": groups,
-            "lr_steps": torch.tensor([step for step, _ in self.lr_history], dtype=torch.int64),
-            "lr": torch.tensor([[lrs.get(g, nan) for g in groups] for _, lrs in self.lr_history],
-                               dtype=torch.float64).reshape(len(self.lr_history), len(groups)),
-            "loss": torch.tensor(self.loss_history, dtype=torch.float64).reshape(len(self.loss_history), 2),
-            "val": self.val_history,
-            "pending": [self._loss_sum, self._loss_count, self._logged_step],
-        }
+        return {"loss_sum": None if self._loss_sum is None else self._loss_sum.detach().cpu(),
+                "loss_count": self._loss_count, "logged_step": self._logged_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the history and hand all of it to the sink again: values logged before the
-        checkpoint but lost with the crashed process reach MLflow (which skips those it holds)."""
-        groups = list(state["lr_groups"])
-        self.lr_history = [(step, {g: lr for g, lr in zip(groups, row) if not math.isnan(lr)})
-                           for step, row in zip(state["lr_steps"].tolist(), state["lr"].tolist())]
-        self.loss_history = [(int(step), loss) for step, loss in state["loss"].tolist()]
-        self.val_history = [(int(step), int(epoch), dict(values)) for step, epoch, values in state["val"]]
-        self._loss_sum, self._loss_count, self._logged_step = state["pending"]
-        for step, lrs in self.lr_history:
-            for name, lr in lrs.items():
-                self._emit(f"lr/{name}", lr, step)
-        for step, loss in self.loss_history:
-            self._emit("train_loss", loss, step)
-        for step, _, values in self.val_history:
-            for key, value in values.items():
-                self._emit(key, value, step)
+        self._loss_sum, self._loss_count, self._logged_step = (state["loss_sum"], state["loss_count"],
+                                                               state["logged_step"])
 
-    def _emit(self, key: str, value: float, step: int) -> None:
-        if self.sink is not None:
-            self.sink(key, value, step)
-
-    def _flush(self, force: bool = True) -> None:
-        if self.flush is not None:
-            self.flush(force)
+    @staticmethod
+    def _log(trainer: Any, metrics: dict[str, Any], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         resolved = getattr(pl_module, "kiwi_resolved", None)
@@ -173,59 +139,42 @@ class _StepRecorder:
         self._started = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not trainer.loggers:
             return
-        step = trainer.global_step
-        lrs = {}
+        values: dict[str, float] = {}
         for name, group in zip(group_names(optimizer), optimizer.param_groups):
-            if name in lrs:  # a group split only by weight decay shares its name and LR
+            if f"lr/{name}" in values:  # a group split only by weight decay shares its name and LR
                 continue
-            lrs[name] = float(group["lr"])
-            self._emit(f"lr/{name}", lrs[name], step)
-        self.lr_history.append((step, lrs))
+            values[f"lr/{name}"] = float(group["lr"])
+            momentum = group.get("momentum", group.get("betas", (None,))[0])
+            if isinstance(momentum, (int, float)):
+                values[f"momentum/{name}"] = float(momentum)
+        self._log(trainer, values, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self._loss_sum += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum.to(loss.device) + loss
             self._loss_count += 1
         step = trainer.global_step - 1  # the optimizer step this batch completed, if any
         if step > self._logged_step and self._loss_count:
-            if trainer.is_global_zero:
-                value = self._loss_sum / self._loss_count
-                self.loss_history.append((step, value))
-                self._emit("train_loss", value, step)
-            self._loss_sum, self._loss_count, self._logged_step = 0.0, 0, step
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items()
-            if k.startswith("val") and isinstance(v, (torch.Tensor, float, int)) and torch.as_tensor(v).numel() == 1
-        }
-        self.val_history.append((trainer.global_step, trainer.current_epoch, metrics))
-        for key, value in metrics.items():
-            self._emit(key, value, trainer.global_step)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._flush(force=False)
+            if trainer.is_global_zero and trainer.loggers:
+                self._log(trainer, {"train_loss": self._loss_sum / self._loss_count}, step)
+            self._loss_sum, self._loss_count, self._logged_step = None, 0, step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        # Throughput of the training loop itself: the values sent below were only buffered
-        # while it ran, and sending them is part of the run's end, not of its steps.
         if self._started is not None:
             self.seconds = time.perf_counter() - self._started
-        self._flush()
-
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._flush()
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._flush()
 
 
 def step_recorder(flavor: ModuleType, **kwargs: Any) -> Any:
     """A :class:`_StepRecorder` that is a ``Callback`` of the given Lightning flavor."""
     cls = type("StepRecorder", (_StepRecorder, flavor.Callback), {"__module__": __name__})
     return cls(**kwargs)
+
+
+def lr_monitor(flavor: str = "lightning.pytorch") -> Any:
+    """The LR and loss observer for a plain ``Trainer`` (``callbacks=[lr_monitor()]``), next to
+    :func:`kiwi_pipe_optim.integrations.logger.mlflow_logger` or any other logger."""
+    return step_recorder(importlib.import_module(flavor))

@@ -16,12 +16,14 @@ import logging
 import os
 import random
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, Problem
+from .journal import Journal, materialize
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -133,51 +135,57 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
-class MlflowRun:
-    """One MLflow run with a metric buffer; ``add`` is cheap, ``flush`` sends in batches.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
 
-    With a tracking server, a failed send does not stop training: the values stay buffered, are
-    also appended to a spool file (``spool_dir/<run id>.jsonl``), and go out with the next
-    successful send, at the latest at the end. If the server never comes back, the spool file
-    holds everything, and ``kiwi-optim send-spool FILE`` sends it later.
+
+class MlflowRun:
+    """One MLflow run fed from a :class:`~.journal.Journal`: what is in the journal and not yet
+    in MLflow is sent in batches; ``add`` and ``flush`` journal and send values directly.
+
+    With a tracking server, a failed send does not stop training: the values wait in the
+    journal and go out with the next successful send, at the latest at the end. If the server
+    never comes back, what it lacks is written to a spool file (``spool_dir/<run id>.jsonl``)
+    that ``kiwi-optim send-spool FILE`` sends later.
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str],
                  artifact_root: Path | None = None, flush_interval_s: float = 5.0, spool_dir: Path | None = None,
-                 resume_run_id: str | None = None):
-        from mlflow.entities import Metric
-
-        self._metric = Metric
+                 resume_run_id: str | None = None, journal: Journal | None = None,
+                 already_sent: set[tuple[str, int]] | None = None):
         self.uri = uri
         self.client = client_for(uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = None if artifact_root is None else (artifact_root / experiment).resolve().as_uri()
-            try:
-                experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-            except Exception:  # another process created it first
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        else:
-            experiment_id = found.experiment_id
-        self.experiment_id = experiment_id
-        # Values a resumed run already holds (from before its crash) are not sent twice.
-        self._stored: set[tuple[str, int]] = set()
+        self.experiment_id = self._experiment(experiment, artifact_root)
+        # Values a resumed run sent after its checkpoint, which it logs again: not sent twice.
+        self._stored: set[tuple[str, int]] = set(already_sent or ())
         self._stored_params: dict[str, str] = {}
         run = self._reopen(resume_run_id, tags) if resume_run_id else None
         if run is None:
-            run = _retrying(self.client.create_run, experiment_id, run_name=run_name, tags=dict(tags))
+            run = _retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
+        self._owns_journal = journal is None
+        self.journal = journal or Journal(Path(tempfile.mkdtemp(prefix="kiwi-journal-")) / f"{self.run_id}.journal")
         self._buffer: list[Any] = []
         self._pending_params: dict[str, str] = {}
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
-        self._spooled = 0  # the first _spooled buffered values are already in the spool file
         self._down_since: float | None = None
+
+    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if "mlflow.experimentKind" not in found.tags:
+                _retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+            return found.experiment_id
+        location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:  # another process created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
         """The crashed run to go on logging into; None only if it is truly gone from the store.
@@ -198,8 +206,6 @@ class MlflowRun:
             logger.warning("the MLflow run %s of the checkpoint is not in %s (deleted?); logging to a new run",
                            run_id, self.uri)
             return None
-        for key in run.data.metrics:
-            self._stored.update((key, m.step) for m in _retrying(self.client.get_metric_history, run_id, key))
         self._stored_params = dict(run.data.params)
         _retrying(self.client.update_run, run_id, status="RUNNING")
         self.set_tags(tags, run_id)
@@ -222,7 +228,7 @@ class MlflowRun:
             except Exception as e:
                 if not is_remote(self.uri):
                     raise
-                self._server_down(e, {"params": chunk})
+                self._server_down(e)
                 return
             for key in chunk:
                 del self._pending_params[key]
@@ -234,48 +240,46 @@ class MlflowRun:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             _retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
-    def add(self, key: str, value: float, step: int) -> None:
-        if self._stored and (key, step) in self._stored:
-            return
-        self._buffer.append(self._metric(key, float(value), int(time.time() * 1000), int(step)))
+    def add(self, key: str, value: Any, step: int, timestamp: int | None = None) -> None:
+        """Buffer one value (a float, or a tensor moved at the next flush)."""
+        self._buffer.append((key, value, int(time.time() * 1000) if timestamp is None else timestamp, int(step)))
 
     def flush(self, force: bool = True) -> None:
-        """Send the buffered values; unless ``force``, only if ``flush_interval_s`` has passed."""
+        """Journal the buffered values and send; unless ``force``, only if ``flush_interval_s`` has passed."""
         if not force and time.monotonic() - self._last_flush < self.flush_interval_s:
             return
+        self.journal.append(materialize(self._buffer))
+        self._buffer.clear()
+        self.send()
+
+    def send(self) -> None:
+        """Send what the journal holds past what MLflow has; a server that does not answer keeps
+        it there for the next send."""
+        from mlflow.entities import Metric
+
         self._last_flush = time.monotonic()
         self._send_params()
-        while self._buffer:
-            batch = self._buffer[:MAX_METRICS_PER_BATCH]
-            try:
-                _retrying(self.client.log_batch, self.run_id, metrics=batch)
-            except Exception as e:
-                if not is_remote(self.uri):
-                    raise
-                unspooled = self._buffer[self._spooled:]
-                self._spooled = len(self._buffer)
-                self._server_down(e, {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in unspooled]})
-                return
-            del self._buffer[:len(batch)]
-            self._spooled = max(0, self._spooled - len(batch))
+        try:
+            for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
+                batch = [Metric(*v) for v in values if (v[0], v[3]) not in self._stored]
+                if batch:
+                    _retrying(self.client.log_batch, self.run_id, metrics=batch)
+                self.journal.mark_sent(offset)
+        except Exception as e:
+            if not is_remote(self.uri):
+                raise
+            self._server_down(e)
+            return
         if self._down_since is not None and not self._pending_params:
             logger.warning("MLflow at %s is back; every spooled value has been sent", self.uri)
             self._down_since = None
-            self.spool_path.unlink(missing_ok=True)
 
-    def _server_down(self, error: Exception, record: dict[str, Any]) -> None:
-        first = self._down_since is None
-        if first:
+    def _server_down(self, error: Exception) -> None:
+        if self._down_since is None:
             self._down_since = time.monotonic()
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.spool_path.exists():
-                self.spool_path.write_text(json.dumps({"run_id": self.run_id, "uri": self.uri}) + "\n")
-        with open(self.spool_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if first:
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
-                           "when the server is back", self.uri, reason, self.spool_path)
+                           "when the server is back", self.uri, reason, self.journal.path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         try:
@@ -287,23 +291,37 @@ class MlflowRun:
                            artifact_file, self.run_id)
 
     def end(self, status: str) -> None:
-        """Send what is left and close the run; if the server is gone, leave it all in the spool."""
+        """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""
         try:
             self.flush()
         finally:
             if self._down_since is None:
                 try:
                     _retrying(self.client.set_terminated, self.run_id, status)
+                    if self._owns_journal:
+                        self.journal.delete()
                     return
                 except Exception as e:
                     if not is_remote(self.uri):
                         raise
-                    self._server_down(e, {})
-            with open(self.spool_path, "a") as f:
-                f.write(json.dumps({"status": status}) + "\n")
-            logger.error("MLflow at %s is unreachable: the end of run %s (status %s) and %d values are in %s; "
-                         "send them with `kiwi-optim send-spool %s` once it is back", self.uri, self.run_id, status,
-                         len(self._buffer), self.spool_path, self.spool_path)
+                    self._server_down(e)
+            self._write_spool(status)
+
+    def _write_spool(self, status: str) -> None:
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        count = 0
+        with open(self.spool_path, "w") as f:
+            f.write(json.dumps({"run_id": self.run_id, "uri": self.uri}) + "\n")
+            for _, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
+                rows = [list(v) for v in values if (v[0], v[3]) not in self._stored]
+                count += len(rows)
+                f.write(json.dumps({"metrics": rows}) + "\n")
+            if self._pending_params:
+                f.write(json.dumps({"params": self._pending_params}) + "\n")
+            f.write(json.dumps({"status": status}) + "\n")
+        logger.error("MLflow at %s is unreachable: the end of run %s (status %s) and %d values are in %s; "
+                     "send them with `kiwi-optim send-spool %s` once it is back", self.uri, self.run_id, status,
+                     count, self.spool_path, self.spool_path.resolve())
 
 
 def send_spool(path: str | Path, uri: str | None = None) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from ..errors import ConfigError, Problem, show
 from ..params_file import find_section, missing_section, problems_from, read_params
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
-STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint")
+STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint", "plots")
 # Trainer arguments the stage sets itself: the logging and checkpointing it does are its job.
 RESERVED_TRAINER_KEYS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir")
 
@@ -72,8 +72,8 @@ class MlflowParams(BaseModel):
         "MLFLOW_TRACKING_URI overrides it.")
     experiment_name: str = Field("kiwi-pipe-optim", min_length=1, description="MLflow experiment of the runs.")
     flush_interval_s: float = Field(
-        5.0, ge=0, description="Send buffered metrics at an epoch end at most this often (0: every epoch); "
-        "always at the end and on failure.")
+        5.0, ge=0, description="Send logged values to MLflow at most this many seconds after they were logged, at "
+        "any point of an epoch (0: at every logging call); always at the end and on failure.")
 
 
 class CheckpointParams(BaseModel):
@@ -89,6 +89,16 @@ class CheckpointParams(BaseModel):
         "overwrites it.")
 
 
+class PlotsParams(BaseModel):
+    """How the stage's DVC plots are written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_points: int = Field(
+        5000, ge=2, description="Rows per plot file at most: longer runs are thinned evenly, keeping the last step "
+        "(MLflow keeps every value).")
+
+
 class StageParams(BaseModel):
     """Everything the training stage reads from ``params.yaml``."""
 
@@ -100,12 +110,13 @@ class StageParams(BaseModel):
     optimizer: OptimizerConfig
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
+    plots: PlotsParams = Field(default_factory=PlotsParams)
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "data": ImportedParams, "model": ImportedParams, "trainer": TrainerParams,
-    "optimizer": OptimizerConfig, "mlflow": MlflowParams, "checkpoint": CheckpointParams,
+    "optimizer": OptimizerConfig, "mlflow": MlflowParams, "checkpoint": CheckpointParams, "plots": PlotsParams,
 }
 _REQUIRED = ("data", "model", "optimizer")
 
@@ -162,6 +173,7 @@ class ParamsFile(BaseModel):
     optimizer: OptimizerConfig
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
+    plots: PlotsParams = Field(default_factory=PlotsParams)
 
 
 def params_schema() -> dict[str, Any]:

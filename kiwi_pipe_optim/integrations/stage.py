@@ -8,17 +8,14 @@ a rename, and the MLflow run always ends FINISHED, FAILED or KILLED, never left 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import inspect
-import io
 import json
 import logging
 import os
 import random
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,14 +29,15 @@ from . import lightning as kl
 from .checkpoint import (CHECKPOINT_FILE, ResumePoint, check_same_params, checkpointer, read_resume_point,
                          restore_loader, run_defining)
 from .classes import check_init_args, import_class, instantiate
+from .journal import Journal, rewind
+from .logger import kiwi_logger
 from .model_lint import lint_model
+from .outputs import write_outputs
 from .params import StageParams, load_stage_params
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
-METRICS_FILE = "metrics.json"
-LR_PLOT = "plots/lr.csv"
-LOSS_PLOT = "plots/loss.csv"
+JOURNAL_FILE = Path(".kiwi-pipe-optim") / "journal" / "train.journal"
 
 
 def is_rank_zero() -> bool:
@@ -58,7 +56,7 @@ def repository_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
-def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any]) -> dict[str, Any]:
+def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any], logger: Any = False) -> dict[str, Any]:
     given = params.trainer.trainer_kwargs()
     accepted = inspect.signature(flavor.Trainer.__init__).parameters
     unknown = [k for k in given if k not in accepted]
@@ -68,7 +66,7 @@ def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any]) -> di
             for k in unknown
         ])
     kwargs = {"deterministic": True, **given}
-    kwargs.update(logger=False, enable_checkpointing=False, callbacks=callbacks)
+    kwargs.update(logger=logger, enable_checkpointing=False, callbacks=callbacks)
     return kwargs
 
 
@@ -124,50 +122,6 @@ def resolved_params(resolved: ResolvedSchedule, optimizer_class: str, implementa
         "resolved.implementation": implementation,
     }
     return {k: str(v) for k, v in values.items()}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_outputs(out_dir: Path, recorder: Any, global_step: int, epochs: int) -> dict[str, Any]:
-    groups: list[str] = []
-    for _, lrs in recorder.lr_history:
-        groups.extend(g for g in lrs if g not in groups)
-    lr_rows = [[step] + [lrs.get(g, "") for g in groups] for step, lrs in recorder.lr_history]
-    loss_rows = [[step, loss] for step, loss in recorder.loss_history]
-    metrics: dict[str, Any] = {"steps": global_step, "epochs": epochs}
-    if recorder.val_history:
-        metrics.update(recorder.val_history[-1][2])
-    if recorder.loss_history:
-        metrics["train_loss"] = recorder.loss_history[-1][1]
-    if recorder.seconds > 0:
-        # training loop throughput, validation and logging included; compare implementations with it
-        metrics["steps_per_second"] = round(global_step / recorder.seconds, 2)
-    texts = {
-        LR_PLOT: _csv(["step"] + groups, lr_rows),
-        LOSS_PLOT: _csv(["step", "train_loss"], loss_rows),
-        METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n",
-    }
-    for name, text in texts.items():
-        _write_atomically(out_dir / name, text)
-    return metrics
 
 
 def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", section: str = "optimizer") -> dict[str, Any]:
@@ -232,8 +186,9 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
                        model_cls.__name__)
     seeded = random.getstate()
     random.setstate(unseeded)
-    tracker = None
     rank_zero = is_rank_zero()
+    journal, already_sent = _open_journal(out_dir, point) if rank_zero else (None, set())
+    tracker = None
     if params.mlflow.enabled and rank_zero:
         from .mlflow import MlflowRun, check_reachable, is_remote, tracking_uri
 
@@ -248,7 +203,8 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
                             run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
                             flush_interval_s=params.mlflow.flush_interval_s,
                             spool_dir=root / ".kiwi-pipe-optim" / "spool",
-                            resume_run_id=point.run_id if point else None)
+                            resume_run_id=point.run_id if point else None, journal=journal,
+                            already_sent=already_sent)
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
     random.setstate(seeded)
     if point is not None:
@@ -271,8 +227,8 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
         tracker.log_text(yaml.safe_dump(document, sort_keys=False), "config/optimizer.yaml")
         tracker.log_text(table(assign(model, params.optimizer)), "config/param_groups.txt")
 
-    recorder = kl.step_recorder(flavor, sink=tracker.add if tracker else None,
-                                flush=tracker.flush if tracker else None, on_resolved=on_resolved)
+    recorder = kl.step_recorder(flavor, on_resolved=on_resolved)
+    run_logger = kiwi_logger(flavor, journal=journal, tracker=tracker, flush_interval_s=params.mlflow.flush_interval_s)
     saver = checkpointer(flavor, path=checkpoint_path, every_n_steps=params.checkpoint.every_n_steps,
                          params=run_defining(params.raw), config=params.optimizer,
                          run_id=tracker.run_id if tracker else None)
@@ -283,7 +239,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
 
             tracker.log_params(flatten(params.raw))
         try:
-            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver]))
+            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver], run_logger))
         except (TypeError, ValueError) as e:
             raise ConfigError(Problem("trainer", f"the Trainer refused these arguments: {str(e).splitlines()[0]}")) from None
         _fit(trainer, model, data, flavor, point)
@@ -291,7 +247,9 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
             raise KeyboardInterrupt("training was interrupted")
         metrics = {"steps": trainer.global_step}
         if rank_zero:
-            metrics = write_outputs(out_dir, recorder, trainer.global_step, trainer.current_epoch)
+            run_logger.persist()
+            metrics = write_outputs(out_dir, journal, trainer.global_step, trainer.current_epoch, recorder.seconds,
+                                    params.plots.max_points)
             checkpoint_path.unlink(missing_ok=True)  # finished: the next run starts afresh
         status = "FINISHED"
         return metrics
@@ -303,8 +261,29 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
             tracker.set_tags({"kiwi.error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:5000]})
         raise
     finally:
+        run_logger.persist()
         if tracker is not None:
             tracker.end(status)
+        if status == "FINISHED" and journal is not None:
+            journal.delete()
+
+
+def _open_journal(out_dir: Path, point: ResumePoint | None) -> tuple[Journal, set[tuple[str, int]]]:
+    """The run's journal: new, or cut back to the checkpoint a resumed run starts from.
+
+    Raises:
+        ConfigError: the checkpoint's journal is gone (the values before it could not be sent
+            or plotted).
+    """
+    journal = Journal(out_dir / JOURNAL_FILE)
+    if point is None:
+        journal.delete()
+        return Journal(out_dir / JOURNAL_FILE), set()
+    if journal.size < point.journal_offset:
+        raise ConfigError(Problem("checkpoint", f"'{journal.path}' holds less than '{point.path}' expects (the "
+                                  f"values logged before the crash); delete '{point.path}' (or set checkpoint.resume: "
+                                  f"false) to start afresh"))
+    return journal, rewind(journal, point.journal_offset, point.step)
 
 
 def _fit(trainer: Any, model: Any, data: Any, flavor: Any, point: ResumePoint | None = None) -> None:

@@ -80,8 +80,9 @@ def test_repro_params_tags_and_artifact(repo):
 
 def test_repro_writes_outputs_and_second_repro_does_nothing(repo):
     path = repo["path"]
-    lr_csv = (path / "plots" / "lr.csv").read_text().splitlines()
-    assert lr_csv[0] == "step,encoder,default" and len(lr_csv) == 11
+    for group in ("encoder", "default"):
+        lr_csv = (path / "plots" / "lr" / f"{group}.csv").read_text().splitlines()
+        assert lr_csv[0] == "step,lr" and len(lr_csv) == 11
     assert (path / "plots" / "loss.csv").read_text().splitlines()[0] == "step,train_loss"
     assert "didn't change, skipping" in repo["second"].stdout
     assert len(runs(path)) == len(repo["after_first"]) == 1
@@ -146,4 +147,4 @@ def test_plots_diff_overlays_two_experiments(repo, tmp_path):
     sh(["dvc", "plots", "diff", *names, "-o", str(out)], path)
     html = (out / "index.html").read_text()
     assert all(name in html for name in names)
-    assert "plots/lr.csv" in html and "plots/schedule.csv" in html
+    assert "plots/lr/default.csv" in html and "plots/lr/encoder.csv" in html and "plots/schedule.csv" in html

@@ -88,7 +88,7 @@ def test_kill_9_then_repro_resumes_the_same_run_with_identical_curves(repo_facto
     assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
     assert curves == expected  # one value per step, bitwise equal to the uninterrupted run
     assert runs[0].data.tags["kiwi.resumed_at_step"] == str(checkpoint_step)
-    for name in ("plots/lr.csv", "plots/loss.csv"):
+    for name in ("plots/lr/default.csv", "plots/lr/encoder.csv", "plots/loss.csv"):
         assert (repo / name).read_text() == (base_repo / name).read_text()
     assert not (repo / CHECKPOINT).exists()  # finished: the next run starts afresh
     assert "Stage 'train' didn't change" in sh(["dvc", "repro"], repo).stdout

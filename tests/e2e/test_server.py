@@ -90,7 +90,7 @@ def test_unreachable_server_at_start_is_one_line_before_training(repo_factory):
     assert line.startswith(f"MLFLOW_TRACKING_URI: cannot reach the MLflow server at {uri} (")
     assert line.endswith("); start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or unset it to log to "
                          "sqlite:///mlflow.db")
-    assert not (repo / "metrics.json").exists() and not (repo / "plots" / "lr.csv").exists()
+    assert not (repo / "metrics.json").exists() and not (repo / "plots" / "lr").exists()
 
 
 def test_server_killed_mid_run_and_back_loses_no_metric(served):

@@ -120,7 +120,7 @@ def test_tracking_uri_from_environment_and_logging_off(repo_factory, tmp_path):
     off = repo_factory({"mlflow": {"enabled": False}}, name="off")
     result = stage(off)
     assert result.returncode == 0 and not (off / "mlflow.db").exists()
-    assert len((off / "plots" / "lr.csv").read_text().splitlines()) == 11
+    assert len((off / "plots" / "lr" / "default.csv").read_text().splitlines()) == 11
 
 
 def test_two_forced_repros_have_bitwise_identical_histories(repo_factory):

@@ -1,0 +1,146 @@
+"""An append-only journal of every logged value, on local disk: what a checkpoint points into.
+
+A checkpoint that carried the whole logged history cost more at every save as the run went on
+(quadratic in the run's length); the journal makes a save O(1): the checkpoint records the
+journal's length, and a resume cuts the journal back to it. The journal is also what the DVC
+plots are written from at the end, and the record of what has reached MLflow (``sent``), so that
+a tracking server that goes away loses nothing and sends nothing twice.
+
+Records are fixed-size binary (key index, step, value, timestamp): appending a batch is one
+write, reading a range is one ``numpy.fromfile``. Key names live in a small sidecar file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+RECORD = np.dtype([("key", "<i4"), ("step", "<i8"), ("value", "<f8"), ("timestamp", "<i8")])
+Value = tuple[str, float, int, int]  # key, value, timestamp (ms), step: MLflow's Metric order
+
+
+class Journal:
+    """``<path>`` (records), ``<path>.keys`` (key names), ``<path>.sent`` (bytes sent to MLflow)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+        keys_file = self.path.with_name(self.path.name + ".keys")
+        self._keys_file = keys_file
+        self.keys: list[str] = json.loads(keys_file.read_text()) if keys_file.exists() else []
+        self._index = {k: i for i, k in enumerate(self.keys)}
+        self._sent_file = self.path.with_name(self.path.name + ".sent")
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the journal MLflow holds (always a whole number of records)."""
+        try:
+            return min(int(self._sent_file.read_text() or 0), self.size)
+        except (OSError, ValueError):
+            return 0
+
+    def mark_sent(self, offset: int) -> None:
+        tmp = self._sent_file.with_name(self._sent_file.name + ".tmp")
+        tmp.write_text(str(offset))
+        os.replace(tmp, self._sent_file)
+
+    def append(self, values: list[Value]) -> int:
+        """Write ``values`` durably; return the journal's new length in bytes."""
+        if not values:
+            return self.size
+        new = [key for key, *_ in values if key not in self._index]
+        for key in dict.fromkeys(new):
+            self._index[key] = len(self.keys)
+            self.keys.append(key)
+        if new:
+            tmp = self._keys_file.with_name(self._keys_file.name + ".tmp")
+            tmp.write_text(json.dumps(self.keys))
+            os.replace(tmp, self._keys_file)
+        records = np.empty(len(values), dtype=RECORD)
+        records["key"] = [self._index[key] for key, *_ in values]
+        records["value"] = [value for _, value, _, _ in values]
+        records["timestamp"] = [ts for _, _, ts, _ in values]
+        records["step"] = [step for *_, step in values]
+        with open(self.path, "ab") as f:
+            f.write(records.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+            return f.tell()
+
+    def records(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The records between two byte offsets (one read)."""
+        end = self.size if end is None else min(end, self.size)
+        count = max(0, end - start) // RECORD.itemsize
+        if count == 0:
+            return np.empty(0, dtype=RECORD)
+        return np.fromfile(self.path, dtype=RECORD, count=count, offset=start)
+
+    def values(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[tuple[int, list[Value]]]:
+        """``(offset after the chunk, values)`` chunk by chunk, for sending."""
+        records = self.records(start, end)
+        for i in range(0, len(records), chunk):
+            part = records[i:i + chunk]
+            yield start + (i + len(part)) * RECORD.itemsize, [
+                (self.keys[k], v, t, s) for k, s, v, t in part.tolist()]
+
+    def truncate(self, offset: int) -> None:
+        """Cut the journal back to ``offset`` bytes (a checkpoint's length): what a crashed run
+        logged after its checkpoint is logged again, identically, by the resumed run."""
+        with open(self.path, "r+b") as f:
+            f.truncate(offset)
+        if self.sent > offset:
+            self.mark_sent(offset)
+
+    def delete(self) -> None:
+        for path in (self.path, self._keys_file, self._sent_file):
+            path.unlink(missing_ok=True)
+
+
+def materialize(values: list[tuple[str, object, int, int]]) -> list[Value]:
+    """Values as plain floats. Tensors (a loss, a metric kept on its device) are moved in one
+    transfer per device for the whole batch, instead of a host sync at every step."""
+    tensors = [i for i, (_, v, _, _) in enumerate(values) if not isinstance(v, (int, float))]
+    if not tensors:
+        return values  # type: ignore[return-value]
+    import torch
+
+    out = list(values)
+    by_device: dict[object, list[int]] = {}
+    for i in tensors:
+        by_device.setdefault(values[i][1].device, []).append(i)  # type: ignore[union-attr]
+    for indices in by_device.values():
+        stacked = torch.stack([values[i][1].detach().reshape(()).to(torch.float64) for i in indices])  # type: ignore
+        for i, number in zip(indices, stacked.cpu().tolist()):
+            key, _, ts, step = values[i]
+            out[i] = (key, number, ts, step)
+    return out  # type: ignore[return-value]
+
+
+def rewind(journal: Journal, offset: int, step: int) -> set[tuple[str, int]]:
+    """Cut the journal back to a checkpoint taken at ``step`` (its length then: ``offset``).
+
+    Kept: everything before the checkpoint, and what was logged for ``step`` itself just after it
+    (Lightning sends a step's ``self.log`` values after the callbacks that save). Dropped: later
+    steps, which the resumed run logs again. Returns the ``(key, step)`` of values MLflow already
+    holds beyond the cut, so that they are not sent twice.
+    """
+    sent = journal.sent
+    after = journal.records(offset)
+    sent_after = after[: max(0, sent - offset) // RECORD.itemsize]
+    already = {(journal.keys[k], s) for k, s in zip(sent_after["key"].tolist(), sent_after["step"].tolist())}
+    keep = after[after["step"] <= step]
+    journal.truncate(offset)
+    if len(keep):
+        with open(journal.path, "ab") as f:
+            f.write(keep.tobytes())
+    journal.mark_sent(min(sent, offset))
+    return already

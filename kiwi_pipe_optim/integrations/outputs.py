@@ -1,0 +1,80 @@
+"""The stage's DVC outputs, written once at the end from the journal of logged values.
+
+``plots/lr/<group>.csv`` holds one file per param group (``step,lr``), so that ``dvc plots show``
+and ``dvc plots diff`` draw every group, whatever the groups are called; ``plots/loss.csv`` the
+training loss per step; ``metrics.json`` the last value of every metric the run logged. Long runs
+are thinned to ``max_points`` rows per file (MLflow keeps every value). Each file is written to a
+temporary name and renamed: a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .journal import Journal
+
+METRICS_FILE = "metrics.json"
+LR_PLOTS = "plots/lr"
+LOSS_PLOT = "plots/loss.csv"
+NOT_METRICS = ("lr/", "momentum/", "epoch")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv(header: list[str], rows: Any) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _thin(steps: np.ndarray, values: np.ndarray, max_points: int) -> list[tuple[int, float]]:
+    if len(steps) > max_points > 0:
+        index = np.unique(np.append(np.arange(0, len(steps), math.ceil(len(steps) / max_points)), len(steps) - 1))
+        steps, values = steps[index], values[index]
+    return list(zip(steps.tolist(), values.tolist()))
+
+
+def write_outputs(out_dir: Path, journal: Journal, global_step: int, epochs: int, seconds: float,
+                  max_points: int = 5000) -> dict[str, Any]:
+    """Write the plots and metrics of a finished run; return the metrics."""
+    records = journal.records()
+    metrics: dict[str, Any] = {"steps": global_step, "epochs": epochs}
+    texts: dict[str, str] = {}
+    for index, key in enumerate(journal.keys):
+        mine = records[records["key"] == index]
+        if not len(mine):
+            continue
+        if key.startswith("lr/"):
+            texts[f"{LR_PLOTS}/{key[3:]}.csv"] = _csv(["step", "lr"], _thin(mine["step"], mine["value"], max_points))
+        elif key == "train_loss":
+            texts[LOSS_PLOT] = _csv(["step", "train_loss"], _thin(mine["step"], mine["value"], max_points))
+        if not key.startswith(NOT_METRICS):
+            metrics[key] = float(mine["value"][-1])
+    if seconds > 0:
+        # training loop throughput, validation and logging included; compare implementations with it
+        metrics["steps_per_second"] = round(global_step / seconds, 2)
+    texts[METRICS_FILE] = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    for name, text in texts.items():
+        write_atomically(out_dir / name, text)
+    return metrics
