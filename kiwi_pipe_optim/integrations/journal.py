@@ -126,18 +126,19 @@ def materialize(values: list[tuple[str, object, int, int]]) -> list[Value]:
 
 
 def rewind(journal: Journal, offset: int, step: int) -> set[tuple[str, int]]:
-    """Cut the journal back to a checkpoint taken at ``step`` (its length then: ``offset``).
+    """Cut the journal back to a checkpoint taken after ``step`` optimizer steps (its length
+    then: ``offset``).
 
-    Kept: everything before the checkpoint, and what was logged for ``step`` itself just after it
-    (Lightning sends a step's ``self.log`` values after the callbacks that save). Dropped: later
-    steps, which the resumed run logs again. Returns the ``(key, step)`` of values MLflow already
-    holds beyond the cut, so that they are not sent twice.
+    Kept: everything before the checkpoint, and what was logged for the steps it completed just
+    after it (Lightning sends a batch's ``self.log`` values after the callbacks that save).
+    Dropped: the steps from ``step`` on, which the resumed run logs again. Returns the
+    ``(key, step)`` of values MLflow already holds beyond the cut, so that none is sent twice.
     """
     sent = journal.sent
     after = journal.records(offset)
     sent_after = after[: max(0, sent - offset) // RECORD.itemsize]
     already = {(journal.keys[k], s) for k, s in zip(sent_after["key"].tolist(), sent_after["step"].tolist())}
-    keep = after[after["step"] <= step]
+    keep = after[after["step"] < step]
     journal.truncate(offset)
     if len(keep):
         with open(journal.path, "ab") as f:

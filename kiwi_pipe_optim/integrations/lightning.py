@@ -103,8 +103,8 @@ def attach_config(module: Any, config: OptimizerConfig) -> bool:
 
 class _StepRecorder:
     """Observes what only the training loop knows, and hands it to every logger of the trainer:
-    the LR (and momentum, or Adam's beta1) of every param group at every optimizer step, named
-    after the group (``lr/encoder``), and the training loss per optimizer step.
+    the LR of every param group at every optimizer step, named after the group (``lr/encoder``),
+    its momentum (or Adam's beta1) whenever that changes, and the training loss per optimizer step.
 
     The loss stays on its device (summed over accumulated batches as a tensor): no host sync per
     step. Its state is the loss of a step in progress, so a checkpoint costs the same at any step.
@@ -116,6 +116,7 @@ class _StepRecorder:
         self._loss_sum: Any = None
         self._loss_count = 0
         self._logged_step = -1
+        self._momentum: dict[str, float] = {}
         self._started: float | None = None
         self.seconds = 0.0
 
@@ -147,7 +148,9 @@ class _StepRecorder:
                 continue
             values[f"lr/{name}"] = float(group["lr"])
             momentum = group.get("momentum", group.get("betas", (None,))[0])
-            if isinstance(momentum, (int, float)):
+            if isinstance(momentum, (int, float)) and self._momentum.get(name) != momentum:
+                # constant for most optimizers: logged when it changes, not 8 values a step for nothing
+                self._momentum[name] = float(momentum)
                 values[f"momentum/{name}"] = float(momentum)
         self._log(trainer, values, trainer.global_step)
 
