@@ -5,7 +5,9 @@ such as ``train_acc_step``), the LR of every param group, hyperparameters: all r
 through Lightning, as with any logger, so a plain ``Trainer(logger=...)`` gets the same run as
 the stage. ``log_metrics`` only buffers (tensors stay on their device); at most every
 ``flush_interval_s`` seconds, at any point of an epoch, the buffer is appended to the journal
-and sent synchronously, in batches (see :mod:`.mlflow` for why not from a thread).
+and sent synchronously, in batches. A background sender thread was measured here against it (an
+8-group model, 6,000 steps through the stage, 3 interleaved rounds, 2 cores): 248 against 253
+steps/s at best; MLflow's store code holds the GIL, so the thread only moves the cost.
 
 Both import names of Lightning are served: :func:`kiwi_logger` builds the class for one.
 """
