@@ -6,6 +6,7 @@ included: ``optimizer.param_groups.2.lr``) is mapped to its line while the file 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from .fields import Problems
 from .specs import OPTIMIZER_SPECS
 
 SECTION = "optimizer"
+MAX_BYTES = 1 << 20  # a params file is a few hundred lines; a bigger one is a mistake or an attack
+MAX_NODES = 100_000  # after expanding aliases: an alias bomb ("billion laughs") stops here
+MAX_DEPTH = 64
 _MISSING_HINTS = {
     "class_name": f"choose one of: {choices(OPTIMIZER_SPECS)}",
     "learning_rate": "use a positive float such as 0.001",
@@ -33,7 +37,12 @@ def read_params(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
 
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise ConfigError(Problem("", "is a directory; pass a YAML file"), source)
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(Problem("", f"the file is {size:,} bytes; a params file is at most {MAX_BYTES:,}"), source)
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(Problem("", f"cannot read the params file ({e.strerror or e}); "
@@ -45,9 +54,16 @@ def read_params(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
                                       f"a params file is UTF-8 YAML"), source) from None
     if "\x00" in text:
         raise ConfigError(Problem("", "not a text file (it contains NUL bytes); a params file is UTF-8 YAML"), source)
+    _check_flow_depth(text, source)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_shape(node, source)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
+    except ConfigError as e:
+        raise e.with_source(source) from None
+    except RecursionError:
+        raise ConfigError(Problem("", f"nesting deeper than {MAX_DEPTH} levels; a params file is a few levels "
+                                      f"deep"), source) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -60,6 +76,74 @@ def read_params(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(Problem("", f"expected a mapping of sections at the top level, got "
                                       f"{type(data).__name__}"), source)
     return data, key_lines(node)
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses a key written twice in one mapping (the last would silently win;
+    DVC refuses such a file too)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key, _ in node.value:
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    raise ConfigError(Problem("", f"key '{key.value}' is written twice in one mapping (lines "
+                                                  f"{seen[key.value]} and {line}); keep one", line=line))
+                seen[key.value] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    """Brackets nested beyond ``MAX_DEPTH`` (``[[[[...``), found in one pass before the YAML
+    parser, which would otherwise recurse through every level before giving up."""
+    depth = 0
+    for line_number, line in enumerate(text.splitlines(), 1):
+        for char in line:
+            if char in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(Problem("", f"nesting deeper than {MAX_DEPTH} levels; a params file is a few "
+                                                  f"levels deep", line=line_number), source)
+            elif char in "]}":
+                depth = max(0, depth - 1)
+
+
+def _check_shape(root: Any, source: str) -> None:
+    """Refuse, before building anything, a document that would expand beyond ``MAX_NODES``
+    nodes (aliases counted each time they are used) or nest deeper than ``MAX_DEPTH``."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    depth_of: dict[int, int] = {}
+
+    def visit(node: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ConfigError(Problem("", f"nesting deeper than {MAX_DEPTH} levels; a params file is a few levels "
+                                          f"deep", line=node.start_mark.line + 1), source)
+        if id(node) in sizes and depth_of[id(node)] >= depth:
+            return sizes[id(node)]
+        children = []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        size = 1
+        for child in children:
+            size += visit(child, depth + 1)
+            if size > MAX_NODES:
+                raise ConfigError(Problem("", f"the document expands to more than {MAX_NODES:,} values (aliases "
+                                              f"repeat what they point to); write the values out",
+                                          line=node.start_mark.line + 1), source)
+        sizes[id(node)], depth_of[id(node)] = size, depth
+        return size
+
+    if root is not None:
+        visit(root, 0)
 
 
 def find_section(data: dict[str, Any], dotted: str) -> Any:

@@ -328,3 +328,13 @@ def test_an_error_inside_a_list_names_its_own_line(write_params):
         f"{path}:12: optimizer.param_groups.3.match: ['w', ''] is not a glob; use a pattern such as 'encoder' or "
         "'*.bias', or a list",
     ]
+
+
+def test_a_params_file_over_the_size_limit_is_refused_unread(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("optimizer: {class_name: adam, learning_rate: 0.1}\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: the file is 1,048,6\d\d bytes; a params file is at most "
+                                          r"1,048,576$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory; pass a YAML file$"):
+        load_config(tmp_path)
