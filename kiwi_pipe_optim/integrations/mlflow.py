@@ -211,6 +211,17 @@ class MlflowRun:
         self.set_tags(tags, run_id)
         return run
 
+    def close_interrupted(self, run_id: str) -> None:
+        """End a run an interrupted process left RUNNING: KILLED, tagged with this run."""
+        try:
+            run = _retrying(self.client.get_run, run_id)
+            if run.info.status == "RUNNING":
+                _retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
+                _retrying(self.client.set_terminated, run_id, "KILLED")
+                logger.info("the interrupted MLflow run %s is marked KILLED; this run replaces it", run_id)
+        except Exception as e:  # gone, or on another server: nothing left to close here
+            logger.info("the interrupted MLflow run %s could not be closed (%s)", run_id, str(e).splitlines()[0][:120])
+
     def log_params(self, params: Mapping[str, str]) -> None:
         for key in [k for k in params if k in self._stored_params]:
             if self._stored_params[key] != params[key]:  # MLflow refuses to change a param

@@ -38,6 +38,7 @@ from .params import StageParams, load_stage_params
 logger = logging.getLogger("kiwi_pipe_optim")
 
 JOURNAL_FILE = Path(".kiwi-pipe-optim") / "journal" / "train.journal"
+RUN_MARKER = Path(".kiwi-pipe-optim") / "checkpoints" / "train.run"  # the MLflow run in progress
 
 
 def is_rank_zero() -> bool:
@@ -206,6 +207,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
                             resume_run_id=point.run_id if point else None, journal=journal,
                             already_sent=already_sent)
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
+        _replace_interrupted(out_dir / RUN_MARKER, tracker)
     random.setstate(seeded)
     if point is not None:
         logger.info("resuming from step %d of %s", point.step, point.path)
@@ -251,6 +253,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
             metrics = write_outputs(out_dir, journal, trainer.global_step, trainer.current_epoch, recorder.seconds,
                                     params.plots.max_points)
             checkpoint_path.unlink(missing_ok=True)  # finished: the next run starts afresh
+            (out_dir / RUN_MARKER).unlink(missing_ok=True)
         status = "FINISHED"
         return metrics
     except (KeyboardInterrupt, SystemExit):
@@ -266,6 +269,18 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
             tracker.end(status)
         if status == "FINISHED" and journal is not None:
             journal.delete()
+
+
+def _replace_interrupted(marker: Path, tracker: Any) -> None:
+    """Close the MLflow run a killed process left RUNNING (killed before its first checkpoint,
+    or not resumed), tagged with the run that replaces it; then mark this run as in progress."""
+    interrupted = marker.read_text().strip() if marker.is_file() else ""
+    if interrupted and interrupted != tracker.run_id:
+        tracker.close_interrupted(interrupted)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(tracker.run_id)
+    os.replace(tmp, marker)
 
 
 def _open_journal(out_dir: Path, point: ResumePoint | None) -> tuple[Journal, set[tuple[str, int]]]:

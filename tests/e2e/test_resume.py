@@ -125,6 +125,7 @@ def test_changed_schedule_params_refuse_to_resume_and_say_how_to_start_afresh(re
     assert stage(repo).returncode == 0
     runs, curves = histories(repo)
     assert len(runs) == 2 and curves["lr/default"][0][0] == 0
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # the old one closed, not left RUNNING
 
 
 def test_restored_lr_that_differs_from_the_schedule_is_refused(repo_factory):
@@ -154,3 +155,19 @@ def test_tampered_checkpoint_is_refused_and_runs_nothing(repo_factory):
     [run], _ = histories(repo)
     assert run.info.status == "RUNNING"  # nothing was started or changed
     assert os.path.getsize(repo / CHECKPOINT) > 0
+
+
+def test_kill_9_before_the_first_checkpoint_leaves_no_run_running(repo_factory, uninterrupted):
+    _, expected = uninterrupted
+    repo = make(repo_factory, "early", every_n_steps=100)
+    assert sh(["dvc", "repro"], repo, check=False, DIE_AT_STEP="5").returncode != 0
+    assert not (repo / CHECKPOINT).exists()
+    sh(["dvc", "repro"], repo, DIE_AT_STEP="5")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kiwi-pipe-optim").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert runs[0].data.tags["kiwi.replaced_by"] == runs[1].info.run_id
+    curves = {key: [(m.step, m.value) for m in sorted(client.get_metric_history(runs[1].info.run_id, key),
+                                                      key=lambda m: m.step)] for key in KEYS}
+    assert curves == expected
