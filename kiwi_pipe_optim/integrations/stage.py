@@ -71,6 +71,39 @@ def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any], logge
     return kwargs
 
 
+def check_trainer(flavor: Any, params: StageParams) -> None:
+    """Build the Trainer once without logger or callbacks, before any MLflow run exists, so that
+    its refusals (``devices: -1``, ``precision: bogus``) stop the stage with the key named.
+
+    Raises:
+        ConfigError: ``trainer.<key>: <value> is refused by Lightning: <its message>``.
+    """
+    kwargs = trainer_kwargs(flavor, params, [])
+    given = params.trainer.trainer_kwargs()
+    quiet = logging.getLogger(flavor.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its banner (GPU available, ...) once per probe would be noise
+    try:
+        if _refusal(flavor, kwargs) is None:
+            return
+        base = {k: v for k, v in kwargs.items() if k not in given}
+        refused = {key: _refusal(flavor, {**base, key: given[key]}) for key in given}
+    finally:
+        quiet.setLevel(level)
+    problems = [Problem(f"trainer.{key}", f"{given[key]!r} is refused by Lightning: {message}")
+                for key, message in refused.items() if message is not None]
+    raise ConfigError(problems or [Problem("trainer", f"Lightning refused these arguments together: "
+                                                      f"{_refusal(flavor, kwargs)}")])
+
+
+def _refusal(flavor: Any, kwargs: dict[str, Any]) -> str | None:
+    try:
+        flavor.Trainer(**kwargs)
+    except Exception as e:  # MisconfigurationException, ValueError, TypeError, ...
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
 def params_sha256(raw: dict[str, Any]) -> str:
     """A digest of the params' values, independent of the file's formatting and key order."""
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
@@ -185,6 +218,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
         logger.warning("%s.configure_optimizers is replaced by the params' optimizer section (as LightningCLI does); "
                        "to refine ours instead, derive from kiwi_pipe_optim.integrations.lightning.KiwiOptimizers",
                        model_cls.__name__)
+    check_trainer(flavor, params)
     seeded = random.getstate()
     random.setstate(unseeded)
     rank_zero = is_rank_zero()
@@ -240,10 +274,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
             from .mlflow import flatten
 
             tracker.log_params(flatten(params.raw))
-        try:
-            trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver], run_logger))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(Problem("trainer", f"the Trainer refused these arguments: {str(e).splitlines()[0]}")) from None
+        trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver], run_logger))
         _fit(trainer, model, data, flavor, point)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
