@@ -38,15 +38,31 @@ def _validate(args: argparse.Namespace) -> int:
 
     from .lint import lint
 
-    config = load_config(args.params, args.section)
-    _, lines = read_params(args.params)
+    data, lines = read_params(args.params)
+    whole = not args.optimizer_only and {"data", "model"} <= set(data)
+    if whole:  # as the train stage will check it, before it trains: needs Lightning (seconds)
+        from .integrations.preflight import check_all
+
+        config, findings = check_all(args.params, args.section)
+    else:
+        config = load_config(args.params, args.section)
+        findings = lint(config)
     body: dict = config.model_dump(mode="json", exclude_none=True)
     for part in reversed(args.section.split(".")):
         body = {part: body}
-    print(yaml.safe_dump(body, sort_keys=False).rstrip())
     how = "set by optimizer.scheduler" if config.scheduler else "chosen from class_name / learning_rate_decay"
-    print(f"# schedule: {config.schedule_name} ({how})")
-    return EXIT_INVALID if _print_findings(lint(config), args.params, lines) else 0
+    text = yaml.safe_dump(body, sort_keys=False) + f"# schedule: {config.schedule_name} ({how})\n"
+    if whole:
+        text += ("# checked as the train stage will: every params group, the classes and their arguments, the "
+                 "Trainer, the files named\n")
+    failed = _print_findings(findings, args.params, lines)
+    if args.output and not failed:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    elif not args.output:
+        sys.stdout.write(text)
+    return EXIT_INVALID if failed else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -184,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check the optimizer section and print it resolved")
     validate.add_argument("params", nargs="?", default="params.yaml", help="params file (default: params.yaml)")
     validate.add_argument("--section", **SECTION_OPTION)
+    validate.add_argument("-o", "--output", help="write the resolved section here (only when the file is valid)")
+    validate.add_argument("--optimizer-only", action="store_true", help="check the optimizer section alone "
+                          "(a fraction of a second; by default a file with data and model is checked whole)")
     validate.set_defaults(run=_validate)
 
     preview = sub.add_parser("preview", help="the LR curve of every param group, from the params alone")

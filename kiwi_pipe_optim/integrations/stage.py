@@ -20,20 +20,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, Problem, did_you_mean
+from ..errors import ConfigError, Problem
 from ..lint import lint, report
 from ..param_groups import assign, table
 from ..params_file import read_params
 from ..resolve import ResolvedSchedule
 from . import lightning as kl
-from .checkpoint import (CHECKPOINT_FILE, ResumePoint, check_same_params, checkpointer, read_resume_point,
-                         restore_loader, run_defining)
-from .classes import check_init_args, import_class, instantiate
+from .checkpoint import CHECKPOINT_FILE, ResumePoint, checkpointer, restore_loader, run_defining
+from .classes import instantiate
 from .journal import Journal, rewind
 from .logger import kiwi_logger
 from .model_lint import lint_model
 from .outputs import write_outputs
-from .params import StageParams, load_stage_params
+from .params import StageParams
+from .preflight import check_trainer, preflight, trainer_kwargs
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -55,53 +55,6 @@ def repository_root() -> Path:
     """The DVC repository the stage belongs to. Queued experiments run in a temporary copy,
     but DVC points ``DVC_ROOT`` at the original, where the MLflow store lives."""
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-
-
-def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any], logger: Any = False) -> dict[str, Any]:
-    given = params.trainer.trainer_kwargs()
-    accepted = inspect.signature(flavor.Trainer.__init__).parameters
-    unknown = [k for k in given if k not in accepted]
-    if unknown:
-        raise ConfigError([
-            Problem(f"trainer.{k}", f"not an argument of {flavor.__name__}.Trainer{did_you_mean(k, accepted)}")
-            for k in unknown
-        ])
-    kwargs = {"deterministic": True, **given}
-    kwargs.update(logger=logger, enable_checkpointing=False, callbacks=callbacks)
-    return kwargs
-
-
-def check_trainer(flavor: Any, params: StageParams) -> None:
-    """Build the Trainer once without logger or callbacks, before any MLflow run exists, so that
-    its refusals (``devices: -1``, ``precision: bogus``) stop the stage with the key named.
-
-    Raises:
-        ConfigError: ``trainer.<key>: <value> is refused by Lightning: <its message>``.
-    """
-    kwargs = trainer_kwargs(flavor, params, [])
-    given = params.trainer.trainer_kwargs()
-    quiet = logging.getLogger(flavor.__name__)
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # its banner (GPU available, ...) once per probe would be noise
-    try:
-        if _refusal(flavor, kwargs) is None:
-            return
-        base = {k: v for k, v in kwargs.items() if k not in given}
-        refused = {key: _refusal(flavor, {**base, key: given[key]}) for key in given}
-    finally:
-        quiet.setLevel(level)
-    problems = [Problem(f"trainer.{key}", f"{given[key]!r} is refused by Lightning: {message}")
-                for key, message in refused.items() if message is not None]
-    raise ConfigError(problems or [Problem("trainer", f"Lightning refused these arguments together: "
-                                                      f"{_refusal(flavor, kwargs)}")])
-
-
-def _refusal(flavor: Any, kwargs: dict[str, Any]) -> str | None:
-    try:
-        flavor.Trainer(**kwargs)
-    except Exception as e:  # MisconfigurationException, ValueError, TypeError, ...
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return None
 
 
 def params_sha256(raw: dict[str, Any]) -> str:
@@ -176,36 +129,14 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
 
 
 def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str, Any]:
-    params = load_stage_params(params_path, section)
     out_dir = Path(out_dir)
-    model_cls = import_class(params.model, "model")
-    data_cls = import_class(params.data, "data")
-    try:
-        flavor = kl.flavor_of(model_cls)
-    except TypeError as e:
-        raise ConfigError(Problem("model.class_path", str(e))) from None
-    problems = []
-    checks = [lambda: trainer_kwargs(flavor, params, []), lambda: check_init_args(model_cls, params.model, "model"),
-              lambda: check_init_args(data_cls, params.data, "data")]
-    if params.optimizer.load is not None:
-        from ..state import read_state
-
-        checks.append(lambda: read_state(params.optimizer.load))  # refuses a file that would run code
-    for check in checks:
-        try:
-            check()
-        except ConfigError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise ConfigError(problems)
+    checked = preflight(params_path, section, out_dir)
+    params, model_cls, data_cls, flavor, point = (checked.params, checked.model_cls, checked.data_cls,
+                                                  checked.flavor, checked.point)
     _, lines = read_params(params_path)
     report(params.optimizer, lint(params.optimizer) + lint_model(params.optimizer, model_cls),
            emit=lambda finding: logger.warning("%s", finding.located(str(params_path), lines)))
     checkpoint_path = out_dir / CHECKPOINT_FILE
-    point = None
-    if params.checkpoint.resume and checkpoint_path.exists():
-        point = read_resume_point(checkpoint_path)  # refuses a file that would run code
-        check_same_params(point, params.raw)
     # The user's classes are built before any MLflow run exists, so that a constructor's refusal or
     # a param-group rule that fits no parameter stops the stage with nothing to clean up. Seeded
     # here; Python's generator is set aside while MLflow names the run (it draws from it).
