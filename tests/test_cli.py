@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import BIN
 
 
@@ -75,3 +77,45 @@ def test_validate_prints_a_warning_once_and_exits_0(write_params):
     assert result.stderr.splitlines() == [
         f"{path}:5: warning: optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a "
         "schedule with warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"]
+
+
+WHOLE_FILE_MISTAKES = [
+    ("data", "init_args", "batch_size", 0, "data.init_args.batch_size"),
+    ("model", "init_args", "d_modle", 8, "model.init_args.d_modle"),
+    ("trainer", None, "precision", "bogus", "trainer.precision"),
+    ("mlflow", None, "flush_interval_s", -1, "mlflow.flush_interval_s"),
+    ("checkpoint", None, "every_n_steps", "often", "checkpoint.every_n_steps"),
+]
+
+
+@pytest.mark.parametrize("section, sub, key, value, dotted", WHOLE_FILE_MISTAKES, ids=[m[0] for m in WHOLE_FILE_MISTAKES])
+def test_validate_checks_the_whole_file_as_the_stage_would(tmp_path, capsys, section, sub, key, value, dotted):
+    import yaml
+
+    from kiwi_pipe_optim.cli import main
+    from tests.conftest import committed
+
+    params = yaml.safe_load(committed("params.yaml"))
+    (params[section][sub] if sub else params[section])[key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and f": {dotted}: " in err and "Traceback" not in err
+
+
+def test_validate_refuses_a_code_carrying_optimizer_load(tmp_path, capsys):
+    import torch
+    import yaml
+
+    from kiwi_pipe_optim.cli import main
+    from tests.conftest import Exploit, committed
+
+    marker = tmp_path / "ran"
+    torch.save({"format": "kiwi-pipe-optim/optimizer-state", "optimizer": Exploit(marker)}, tmp_path / "state.pt")
+    params = yaml.safe_load(committed("params.yaml"))
+    params["optimizer"]["load"] = str(tmp_path / "state.pt")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    assert "optimizer.load: " in capsys.readouterr().err and not marker.exists()
