@@ -60,8 +60,11 @@ def safe_load(path: str | Path, field: str, what: str, fix: str) -> Any:
             could run code when loaded), or one that is no torch file at all; ``fix`` says what to do.
     """
     shown = f"'{path}'"
+    if Path(path).is_dir():
+        raise ConfigError(Problem(field, f"{shown} is a directory, not a file; {fix}"))
     if not Path(path).is_file():
         raise ConfigError(Problem(field, f"{shown} does not exist; {fix}"))
+    _refuse_bomb(Path(path), field, fix)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,6 +75,24 @@ def safe_load(path: str | Path, field: str, what: str, fix: str) -> Any:
         )) from None
     except Exception as e:  # not a torch file at all: truncated, text, another format
         raise ConfigError(Problem(field, f"{shown} is not {what} ({type(e).__name__}); {fix}")) from None
+
+
+def _refuse_bomb(path: Path, field: str, fix: str) -> None:
+    """torch stores tensors uncompressed in its zip files: one that would unpack to many times its
+    size is a decompression bomb, refused before anything is unpacked."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or no torch file: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return
+    size = path.stat().st_size
+    if unpacked > 4 * size + (64 << 20):
+        raise ConfigError(Problem(field, f"'{path}' would unpack to {unpacked:,} bytes from {size:,}: not a file torch "
+                                         f"writes (a decompression bomb?); {fix}"))
 
 
 def read_state(path: str | Path, field: str = "optimizer.load") -> dict[str, Any]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kiwi_pipe_optim import ConfigError, OptimizerConfig, from_config, save_state
+from kiwi_pipe_optim.state import read_state
 from tests.conftest import Exploit
 
 
@@ -82,3 +83,17 @@ def test_state_of_another_optimizer_or_model(tmp_path):
         make({**SECTION, "class_name": "adam", "scheduler": "linear", "load": str(path)})
     with pytest.raises(ConfigError, match=r"does not fit this model's parameters"):
         make({**SECTION, "load": str(path)}, torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+
+
+def test_a_decompression_bomb_and_a_directory_are_refused_before_loading(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data.pkl", "w") as f:
+            for _ in range(256):  # 256 MiB of zeros, a few hundred KiB on disk
+                f.write(bytes(1 << 20))
+    with pytest.raises(ConfigError, match=r"^optimizer.load: '.*bomb.pt' would unpack to 268,435,456 bytes from "):
+        read_state(bomb)
+    with pytest.raises(ConfigError, match=r"^optimizer.load: '.*' is a directory, not a file; "):
+        read_state(tmp_path)

@@ -161,16 +161,26 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
         root = repository_root()
         uri = tracking_uri(params.mlflow.tracking_uri, root)
         check_reachable(uri, "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri")
+
         # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
-                            run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
-                            flush_interval_s=params.mlflow.flush_interval_s,
-                            spool_dir=root / ".kiwi-pipe-optim" / "spool",
-                            resume_run_id=point.run_id if point else None, journal=journal,
-                            already_sent=already_sent)
+        field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+        try:
+            tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
+                                run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
+                                flush_interval_s=params.mlflow.flush_interval_s,
+                                spool_dir=root / ".kiwi-pipe-optim" / "spool",
+                                resume_run_id=point.run_id if point else None, journal=journal,
+                                already_sent=already_sent)
+        except ConfigError:
+            raise
+        except Exception as e:  # a store it cannot write, a server that is no MLflow, refused credentials
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise ConfigError(Problem(field, f"cannot open an MLflow run at {uri} ({type(e).__name__}: {reason}); "
+                                      f"fix the store or server (and MLFLOW_TRACKING_USERNAME / _PASSWORD where it "
+                                      f"asks for them), or unset it to log to sqlite:///mlflow.db")) from None
         logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
         _replace_interrupted(out_dir / RUN_MARKER, tracker)
     random.setstate(seeded)

@@ -2,6 +2,9 @@
 and back, killed and never back (the spool is sent later with `kiwi-optim send-spool`)."""
 
 import json
+import subprocess
+import time
+import urllib.request
 import os
 import signal
 import sys
@@ -20,6 +23,9 @@ PARAMS = {"model": {"class_path": "user_model:ServerKiller"}, "trainer": {"max_e
           "mlflow": {"flush_interval_s": 0}}
 KILLER = '''
 import json
+import subprocess
+import time
+import urllib.request
 import os
 import signal
 import subprocess
@@ -123,3 +129,27 @@ def test_server_killed_for_good_keeps_a_spool_that_send_spool_delivers(served, t
     run, stored = counts(store)
     assert run.info.status == "FINISHED" and stored == KEYS
     assert not Path(spool).exists()
+
+
+def test_a_store_it_cannot_open_or_a_server_that_is_no_mlflow_is_one_line(repo_factory, tmp_path):
+    repo = repo_factory()
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for uri, reason in (("sqlite:////proc/nope/mlflow.db", "FileNotFoundError"),
+                            (f"http://127.0.0.1:{port}", "501")):
+            result = stage(repo, MLFLOW_TRACKING_URI=uri)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            [line] = [x for x in result.stderr.strip().splitlines() if not x.startswith("kiwi-pipe-optim: ")]
+            assert line.startswith(f"MLFLOW_TRACKING_URI: cannot open an MLflow run at {uri} (") and reason in line
+            assert not (repo / "metrics.json").exists()
+    finally:
+        web.terminate()
+        web.wait(timeout=10)
