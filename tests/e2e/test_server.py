@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import BIN
-from tests.e2e.conftest import free_port, sh, start_mlflow_server, stop_server
+from tests.e2e.conftest import free_port, sh, start_mlflow_server, stop_server, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -153,3 +153,43 @@ def test_a_store_it_cannot_open_or_a_server_that_is_no_mlflow_is_one_line(repo_f
     finally:
         web.terminate()
         web.wait(timeout=10)
+
+
+def test_a_server_with_basic_auth_takes_the_right_credentials_and_refuses_others(repo_factory, tmp_path):
+    """`mlflow server --app-name basic-auth`: the right credentials log a FINISHED run; missing
+    or wrong ones are refused in one line before training; the password is in no file written."""
+    password = "kiwi-s3cret-pass-1"
+    port = free_port()
+    env = tool_env(MLFLOW_AUTH_ADMIN_PASSWORD=password, MLFLOW_FLASK_SERVER_SECRET_KEY="kiwi-test-secret")
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'auth-store.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "the basic-auth server did not start"
+                time.sleep(0.5)
+        repo = repo_factory()
+        for user, secret in ((None, None), ("admin", "wrong-password-1")):
+            creds = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": secret} if user else {}
+            result = stage(repo, MLFLOW_TRACKING_URI=uri, **creds)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            [line] = [x for x in result.stderr.strip().splitlines() if not x.startswith("kiwi-pipe-optim: ")]
+            assert line.startswith(f"MLFLOW_TRACKING_URI: cannot open an MLflow run at {uri} (") and "401" in line
+            assert "MLFLOW_TRACKING_USERNAME" in line and not (repo / "metrics.json").exists()
+        result = stage(repo, MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME="admin",
+                       MLFLOW_TRACKING_PASSWORD=password)
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = MlflowClient(f"sqlite:///{tmp_path / 'auth-store.db'}")
+        [run] = client.search_runs([client.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert password not in json.dumps({**run.data.params, **run.data.tags})
+        written = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+        assert not [p for p in written if password.encode() in p.read_bytes()]
+    finally:
+        stop_server(server)
