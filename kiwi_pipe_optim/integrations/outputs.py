@@ -26,6 +26,7 @@ METRICS_FILE = "metrics.json"
 LR_PLOTS = "plots/lr"
 LOSS_PLOT = "plots/loss.csv"
 NOT_METRICS = ("lr/", "momentum/", "epoch")
+FINISHED_DIR = Path(".kiwi-pipe-optim") / "finished"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -56,8 +57,14 @@ def _thin(steps: np.ndarray, values: np.ndarray, max_points: int) -> list[tuple[
 
 
 def write_outputs(out_dir: Path, journal: Journal, global_step: int, epochs: int, seconds: float,
-                  max_points: int = 5000) -> dict[str, Any]:
-    """Write the plots and metrics of a finished run; return the metrics."""
+                  max_points: int = 5000, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the plots and metrics of a finished run; return the metrics.
+
+    With ``record`` (the run id and params digest), the outputs are first kept, with the record,
+    in ``.kiwi-pipe-optim/finished/``: a process killed after this point, before its exit, has
+    finished, and the next run of the stage restores them (:func:`restore_finished`) instead of
+    training again.
+    """
     records = journal.records()
     metrics: dict[str, Any] = {"steps": global_step, "epochs": epochs}
     texts: dict[str, str] = {}
@@ -75,6 +82,35 @@ def write_outputs(out_dir: Path, journal: Journal, global_step: int, epochs: int
         # training loop throughput, validation and logging included; compare implementations with it
         metrics["steps_per_second"] = round(global_step / seconds, 2)
     texts[METRICS_FILE] = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if record is not None:
+        kept = out_dir / FINISHED_DIR
+        for name, text in texts.items():
+            write_atomically(kept / name, text)
+        write_atomically(kept / "record.json", json.dumps({**record, "outputs": list(texts), "metrics": metrics}))
     for name, text in texts.items():
         write_atomically(out_dir / name, text)
     return metrics
+
+
+def restore_finished(out_dir: Path, params_digest: str) -> dict[str, Any] | None:
+    """The record of a run that finished but was killed before it could exit, with its outputs
+    put back where DVC wants them; None (and any stale record removed) otherwise."""
+    kept = out_dir / FINISHED_DIR
+    try:
+        record = json.loads((kept / "record.json").read_text())
+    except (OSError, ValueError):
+        discard_finished(out_dir)
+        return None
+    if record.get("params") != params_digest:
+        discard_finished(out_dir)
+        return None
+    for name in record["outputs"]:
+        write_atomically(out_dir / name, (kept / name).read_text())
+    return record
+
+
+def discard_finished(out_dir: Path) -> None:
+    """The process is about to exit normally: the record is no longer needed."""
+    import shutil
+
+    shutil.rmtree(out_dir / FINISHED_DIR, ignore_errors=True)

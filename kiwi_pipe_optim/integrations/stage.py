@@ -31,7 +31,7 @@ from .classes import instantiate
 from .journal import Journal, rewind
 from .logger import kiwi_logger
 from .model_lint import lint_model
-from .outputs import write_outputs
+from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams
 from .preflight import check_trainer, preflight, trainer_kwargs
 
@@ -120,7 +120,12 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
             every line names the file, the line where known, and the dotted field.
     """
     try:
-        return _run(params_path, out_dir, section)
+        metrics = _run(params_path, out_dir, section)
+        # Everything is final: the record that would stand in for a run killed in the last
+        # milliseconds of its exit is no longer needed.
+        if is_rank_zero():
+            discard_finished(Path(out_dir))
+        return metrics
     except ConfigError as e:
         if e.source:
             raise
@@ -137,6 +142,10 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
     report(params.optimizer, lint(params.optimizer) + lint_model(params.optimizer, model_cls),
            emit=lambda finding: logger.warning("%s", finding.located(str(params_path), lines)))
     checkpoint_path = out_dir / CHECKPOINT_FILE
+    if is_rank_zero():
+        finished = restore_finished(out_dir, params_sha256(run_defining(params.raw)))
+        if finished is not None:
+            return _close_finished(finished, params, out_dir)
     # The user's classes are built before any MLflow run exists, so that a constructor's refusal or
     # a param-group rule that fits no parameter stops the stage with nothing to clean up. Seeded
     # here; Python's generator is set aside while MLflow names the run (it draws from it).
@@ -222,8 +231,9 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
         metrics = {"steps": trainer.global_step}
         if rank_zero:
             run_logger.persist()
+            record = {"params": params_sha256(run_defining(params.raw)), "run_id": tracker.run_id if tracker else None}
             metrics = write_outputs(out_dir, journal, trainer.global_step, trainer.current_epoch, recorder.seconds,
-                                    params.plots.max_points)
+                                    params.plots.max_points, record)
             checkpoint_path.unlink(missing_ok=True)  # finished: the next run starts afresh
             (out_dir / RUN_MARKER).unlink(missing_ok=True)
         status = "FINISHED"
@@ -253,6 +263,23 @@ def _replace_interrupted(marker: Path, tracker: Any) -> None:
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(tracker.run_id)
     os.replace(tmp, marker)
+
+
+def _close_finished(record: dict[str, Any], params: StageParams, out_dir: Path) -> dict[str, Any]:
+    """A run that finished, killed on its way out: its outputs are back; end its MLflow run."""
+    logger.info("the last run finished but was killed before it could exit; its outputs are restored and "
+                "nothing trains again")
+    if params.mlflow.enabled and record.get("run_id"):
+        from .mlflow import MlflowRun, tracking_uri
+
+        uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
+        journal = Journal(out_dir / JOURNAL_FILE)  # what it had not sent yet, if anything
+        MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
+                  journal=journal).end("FINISHED")
+        journal.delete()
+    for leftover in (CHECKPOINT_FILE, RUN_MARKER):
+        (out_dir / leftover).unlink(missing_ok=True)
+    return record["metrics"]
 
 
 def _open_journal(out_dir: Path, point: ResumePoint | None) -> tuple[Journal, set[tuple[str, int]]]:

@@ -1,6 +1,7 @@
 """kill -9 mid-training, then `dvc repro` again: the run resumes into the same MLflow run with
 the curves of an uninterrupted run; changed params and tampered checkpoints are refused."""
 
+import json
 import os
 import pickle
 import sys
@@ -20,6 +21,7 @@ CHECKPOINT = ".kiwi-pipe-optim/checkpoints/train.ckpt"
 PARAMS = {"model": {"class_path": "user_model:DyingDigits"}, "trainer": {"max_epochs": 4}}
 
 DYING = '''
+import json
 import os
 import signal
 
@@ -171,3 +173,46 @@ def test_kill_9_before_the_first_checkpoint_leaves_no_run_running(repo_factory, 
     curves = {key: [(m.step, m.value) for m in sorted(client.get_metric_history(runs[1].info.run_id, key),
                                                       key=lambda m: m.step)] for key in KEYS}
     assert curves == expected
+
+
+DIES_ON_EXIT = DYING + '''
+
+import threading
+import time
+
+
+class DiesOnExit(DyingDigits):
+    """Killed with SIGKILL on its way out, once: as soon as the stage has written metrics.json."""
+
+    def on_fit_end(self):
+        if os.path.exists("died"):
+            return
+
+        def kill_when_written():
+            while not os.path.exists("metrics.json"):
+                time.sleep(0.0005)
+            open("died", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_when_written, daemon=True).start()
+'''
+
+
+def test_kill_9_on_the_way_out_does_not_train_again(repo_factory, uninterrupted):
+    base_repo, expected = uninterrupted
+    repo = repo_factory({**PARAMS, "model": {"class_path": "user_model:DiesOnExit"}}, name="exit")
+    (repo / "user_model.py").write_text(DIES_ON_EXIT)
+    sh(["git", "add", "user_model.py"], repo)
+    sh(["git", "commit", "-qm", "user model"], repo)
+    killed = sh(["dvc", "repro"], repo, check=False)
+    assert killed.returncode != 0 and (repo / "died").exists()
+    again = sh(["dvc", "repro"], repo)
+    assert "its outputs are restored and nothing trains again" in again.stderr
+    runs, curves = histories(repo)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert curves == expected
+    for name in ("metrics.json", "plots/lr/default.csv", "plots/loss.csv"):
+        if name != "metrics.json":
+            assert (repo / name).read_text() == (base_repo / name).read_text()
+    assert json.loads((repo / "metrics.json").read_text())["steps"] == 20
+    assert "Stage 'train' didn't change" in sh(["dvc", "repro"], repo).stdout
