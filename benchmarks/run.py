@@ -280,6 +280,32 @@ def _wall(args: list[str], **kwargs: Any) -> float:
     return time.perf_counter() - started
 
 
+def hostile_files() -> list[Row]:
+    """An alias bomb ("billion laughs": 10^9 values from 9 lines) and 50,000-deep brackets: the
+    time and peak memory of `kiwi-optim validate` refusing each."""
+    rows = []
+    with tempfile.TemporaryDirectory() as name:
+        bomb = Path(name) / "bomb.yaml"
+        lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+        lines += [f"{c}: &{c} [{','.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+        bomb.write_text("\n".join(lines) + "\noptimizer: {class_name: adam, learning_rate: 0.1}\n")
+        deep = Path(name) / "deep.yaml"
+        deep.write_text("optimizer: " + "[" * 50_000 + "]" * 50_000 + "\n")
+        for label, path in (("alias bomb", bomb), ("50,000-deep nesting", deep)):
+            # VmHWM: this process's own peak (ru_maxrss would include what it inherited at fork)
+            probe = ("import re, sys; from kiwi_pipe_optim.cli import main; code = main(['validate', %r]); "
+                     "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+                     "print('RSS:' + hwm); sys.exit(code)") % str(path)
+            started = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            rss = int(out.stdout.rpartition("RSS:")[2] or 0) / 1024
+            refused = out.returncode == 2 and "Traceback" not in out.stderr
+            rows.append(Row(f"{label} refused by validate: wall seconds", seconds, "s", "< 2", refused and seconds < 2))
+            rows.append(Row(f"{label} refused by validate: peak memory", rss, "MB", "< 200", refused and rss < 200))
+    return rows
+
+
 def startup(rounds: int) -> list[Row]:
     rows = []
     validate = [str(BIN / "kiwi-optim"), "validate", str(ROOT / "params.yaml"), "--optimizer-only"]
@@ -297,6 +323,7 @@ def startup(rounds: int) -> list[Row]:
     heavy = out.rpartition("HEAVY:")[2].strip()
     rows.append(Row(f"kiwi-optim validate imports torch/lightning/mlflow: [{heavy}]", float(bool(heavy)), "", "0 (none)",
                     not heavy))
+    rows.extend(hostile_files())
 
     from mlflow.tracking import MlflowClient
 
