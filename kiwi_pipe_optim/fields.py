@@ -40,16 +40,21 @@ def number(value: Any) -> float | int:
     return value
 
 
+def _as_float(value: Any, allowed: str) -> float:
+    """``value`` as a float, or a message that ends with what is allowed."""
+    try:
+        return float(number(value))
+    except ValueError as e:
+        raise ValueError(f"{e}; {allowed}") from None
+    except OverflowError:
+        raise ValueError(f"{show(value)} is too large; {allowed}") from None
+
+
 def positive_float(example: str) -> Any:
     def check(value: Any) -> Optional[float]:
         if value is None:
             return None
-        try:
-            result = float(number(value))
-        except ValueError as e:
-            raise ValueError(f"{e}; use a positive float such as {example}") from None
-        except OverflowError:
-            raise ValueError(f"{show(value)} is too large; use a positive float such as {example}") from None
+        result = _as_float(value, f"use a positive float such as {example}")
         if not math.isfinite(result):
             raise ValueError(f"{show(result)} is not a finite number; use a positive float such as {example}")
         if result <= 0:
@@ -81,10 +86,7 @@ def whole(minimum: int, what: str) -> Any:
 def _ratio(value: Any) -> Optional[float]:
     if value is None:
         return None
-    try:
-        result = float(number(value))
-    except ValueError as e:
-        raise ValueError(f"{e}; use a number in [0, 1]") from None
+    result = _as_float(value, "use a number in [0, 1]")
     if not 0.0 <= result <= 1.0:
         raise ValueError(f"{show(value)} is outside [0, 1]; use a number in [0, 1]")
     return result
@@ -93,10 +95,7 @@ def _ratio(value: Any) -> Optional[float]:
 def _weight_decay(value: Any) -> Optional[float]:
     if value is None:
         return None
-    try:
-        result = float(number(value))
-    except ValueError as e:
-        raise ValueError(f"{e}; use a number >= 0 such as 0.01") from None
+    result = _as_float(value, "use a number >= 0 such as 0.01")
     if not math.isfinite(result) or result < 0:
         raise ValueError(f"{show(value)} is not a number >= 0; use a number such as 0.01")
     return result
@@ -104,10 +103,7 @@ def _weight_decay(value: Any) -> Optional[float]:
 
 def _decay_factor(value: Any) -> float:
     allowed = "use a factor in (0, 1) to reduce on plateau, or 1.0 for none"
-    try:
-        result = float(number(value))
-    except ValueError as e:
-        raise ValueError(f"{e}; {allowed}") from None
+    result = _as_float(value, allowed)
     if not 0.0 <= result <= 1.0:
         raise ValueError(f"{show(value)} is outside [0, 1]; {allowed}")
     return result
@@ -198,10 +194,7 @@ def option_value(kind: str, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError(f"{show(value)} is not a pair; use two numbers in [0, 1) such as [0.9, 0.999]")
         return tuple(option_value("beta", v) for v in value)
-    try:
-        result = float(number(value))
-    except ValueError as e:
-        raise ValueError(f"{e}; use a number") from None
+    result = _as_float(value, "use a number")
     if not math.isfinite(result):
         raise ValueError(f"{show(result)} is not a finite number")
     if kind == "beta" and not 0.0 <= result < 1.0:
