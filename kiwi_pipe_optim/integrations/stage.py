@@ -169,13 +169,12 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
 
         root = repository_root()
         uri = tracking_uri(params.mlflow.tracking_uri, root)
-        check_reachable(uri, "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri")
-
+        field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+        check_reachable(uri, field)
         # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
         try:
             tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
                                 run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
