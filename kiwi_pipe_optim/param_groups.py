@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -22,6 +23,7 @@ from .config import OptimizerConfig
 from .errors import ConfigError, Problem
 
 DEFAULT_GROUP = "default"
+NO_DECAY = "/no_decay"
 ENCODER_GROUP = "encoder"
 
 _NORM_TYPES: tuple[type, ...] = tuple(
@@ -143,6 +145,10 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
 def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder") -> list[dict[str, Any]]:
     """Torch param groups for ``module``: one per (group name, weight decay), each carrying ``name``.
 
+    A group's parameters exempt from weight decay form a torch group of their own, named
+    ``<group>/no_decay`` (group names never contain ``/``): names stay unique, as Lightning's
+    ``LearningRateMonitor`` requires, and :func:`lr_group` maps both to ``<group>``.
+
     Example:
         >>> model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "head": torch.nn.Linear(4, 2)})
         >>> cfg = OptimizerConfig(class_name="adam", learning_rate=1e-3, encoder_learning_rate=1e-5)
@@ -158,8 +164,17 @@ def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str 
             if a.weight_decay is not None:
                 groups[key]["weight_decay"] = a.weight_decay
         groups[key]["params"].append(params[a.parameter])
+    halves = Counter(group for group, _ in groups)
+    for (group, decay), torch_group in groups.items():  # the exempt half of a split group
+        if halves[group] > 1 and decay == 0.0:
+            torch_group["name"] = group + NO_DECAY
     order = list(config.group_learning_rates())
-    return sorted(groups.values(), key=lambda g: order.index(g["name"]))
+    return sorted(groups.values(), key=lambda g: (order.index(lr_group(g["name"])), g["name"]))
+
+
+def lr_group(name: str) -> str:
+    """The param group a torch group belongs to (``encoder/no_decay`` is ``encoder``)."""
+    return name[: -len(NO_DECAY)] if name.endswith(NO_DECAY) else name
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:

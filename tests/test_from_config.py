@@ -94,7 +94,8 @@ def test_module_gets_named_encoder_group():
     assert [(g["name"], g["lr"], len(g["params"])) for g in opt.param_groups] == [("encoder", 0.01, 4), ("default", 0.1, 2)]
     decaying = from_config(cfg.model_copy(update={"weight_decay": 0.1}), Tiny())
     assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in decaying.param_groups] == [
-        ("encoder", 0.01, 0.1, 2), ("encoder", 0.01, 0.0, 2), ("default", 0.1, 0.1, 1), ("default", 0.1, 0.0, 1)]
+        ("encoder", 0.01, 0.1, 2), ("encoder/no_decay", 0.01, 0.0, 2), ("default", 0.1, 0.1, 1),
+        ("default/no_decay", 0.1, 0.0, 1)]
 
 
 def test_encoder_lr_without_encoder_is_an_error():

@@ -48,7 +48,8 @@ def test_assignment_table():
 def test_torch_groups_split_by_weight_decay_and_keep_names():
     groups = named_groups(Model(), config())
     assert [(g["name"], g["weight_decay"], len(g["params"])) for g in groups] == [
-        ("encoder", 0.05, 1), ("encoder", 0.0, 5), ("out", 0.2, 1), ("default", 0.05, 1), ("default", 0.0, 2)]
+        ("encoder", 0.05, 1), ("encoder/no_decay", 0.0, 5), ("out", 0.2, 1), ("default", 0.05, 1),
+        ("default/no_decay", 0.0, 2)]
     opt = from_config(config(scheduler="none"), Model())
     assert sum(len(g["params"]) for g in opt.param_groups) == 10
 
@@ -99,3 +100,19 @@ def test_table_text():
     text = table(assign(Model(), config()))
     assert text.splitlines()[0].split() == ["parameter", "shape", "group", "lr", "weight_decay"]
     assert "head.2.weight        2x8    out      0.5    0.2" in text
+
+
+def test_group_names_are_unique_as_lightnings_lr_monitor_requires(tmp_path):
+    import lightning.pytorch as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+
+    from kiwi_pipe_optim.integrations.lightning import attach_config
+
+    model = BoringModel()
+    attach_config(model, OptimizerConfig(class_name="adamw", learning_rate=1e-3, weight_decay=0.1, scheduler="none"))
+    trainer = L.Trainer(max_steps=2, callbacks=[LearningRateMonitor()], logger=L.loggers.CSVLogger(str(tmp_path)),
+                        enable_progress_bar=False, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, BoringDataModule())
+    names = [g["name"] for g in trainer.optimizers[0].param_groups]
+    assert names == ["default", "default/no_decay"] and len(set(names)) == len(names)

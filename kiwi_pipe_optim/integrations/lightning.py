@@ -17,7 +17,7 @@ import torch
 
 from ..config import OptimizerConfig
 from ..optimizers import from_config
-from ..param_groups import group_names
+from ..param_groups import group_names, lr_group
 from ..resolve import ResolvedSchedule, resolve_for
 
 FLAVORS = ("lightning.pytorch", "pytorch_lightning")
@@ -144,7 +144,8 @@ class _StepRecorder:
             return
         values: dict[str, float] = {}
         for name, group in zip(group_names(optimizer), optimizer.param_groups):
-            if f"lr/{name}" in values:  # a group split only by weight decay shares its name and LR
+            name = lr_group(name)
+            if f"lr/{name}" in values:  # the halves of a group split by weight decay share its LR
                 continue
             values[f"lr/{name}"] = float(group["lr"])
             momentum = group.get("momentum", group.get("betas", (None,))[0])
