@@ -99,10 +99,10 @@ class PlotsParams(BaseModel):
         "(MLflow keeps every value).")
 
 
-class StageParams(BaseModel):
-    """Everything the training stage reads from ``params.yaml``."""
+class ParamsFile(BaseModel):
+    """The params file as the stage reads it; other top-level groups are allowed."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="allow", title="kiwi-pipe-optim params.yaml")
 
     data: ImportedParams
     model: ImportedParams
@@ -111,6 +111,13 @@ class StageParams(BaseModel):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
     plots: PlotsParams = Field(default_factory=PlotsParams)
+
+
+class StageParams(ParamsFile):
+    """Everything the training stage reads from ``params.yaml``, and the groups as written."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
@@ -160,20 +167,6 @@ def load_stage_params(path: str | Path = "params.yaml", optimizer_section: str =
         raise ConfigError(problems).with_source(str(path), lines)
     groups = {*STAGE_SECTIONS, optimizer_section.split(".")[0]}
     return StageParams(**parsed, raw={k: data[k] for k in data if k in groups})
-
-
-class ParamsFile(BaseModel):
-    """The params file as the stage reads it; other top-level groups are allowed."""
-
-    model_config = ConfigDict(extra="allow", title="kiwi-pipe-optim params.yaml")
-
-    data: ImportedParams
-    model: ImportedParams
-    trainer: TrainerParams = Field(default_factory=TrainerParams)
-    optimizer: OptimizerConfig
-    mlflow: MlflowParams = Field(default_factory=MlflowParams)
-    checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
-    plots: PlotsParams = Field(default_factory=PlotsParams)
 
 
 def params_schema() -> dict[str, Any]:
