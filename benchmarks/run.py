@@ -242,6 +242,38 @@ def optimizer_step(rounds: int) -> list[Row]:
     return rows
 
 
+def newer_optimizers_step(rounds: int) -> list[Row]:
+    """torch's newer optimizers have no fused kernel; ``auto`` keeps torch's own choice (the loop on
+    CPU, foreach on CUDA). This checks that choice is the faster one here."""
+    rows = []
+    for name in ("nadam", "radam", "adafactor", "rprop", "muon"):
+        config = OptimizerConfig(class_name=name, learning_rate=1e-3, scheduler="none")
+        shape = (100, 250) if name == "muon" else (25_000,)
+
+        def build(kernel: str) -> torch.optim.Optimizer:
+            params = [torch.nn.Parameter(p.detach().view(shape)) for p in _grads(200, 25_000)]
+            for p in params:
+                p.grad = torch.randn(shape) * 1e-2
+            if kernel == "auto":
+                return from_config(config, params)
+            return from_config(config.model_copy(update={"implementation": kernel}), params)
+
+        kernels = ("auto", "loop") if name == "muon" else ("auto", "loop", "foreach")
+        optimizers = {k: build(k) for k in kernels}
+
+        def timed(opt: torch.optim.Optimizer) -> float:
+            started = time.perf_counter()
+            for _ in range(3):
+                opt.step()
+            return 3 / (time.perf_counter() - started)
+
+        r = interleaved({k: (lambda o=o: timed(o)) for k, o in optimizers.items()}, rounds + 2, pick=max)
+        best = max(v for k, v in r.items() if k != "auto")
+        rows.append(Row(f"optimizer step {name} (5M params, 200 tensors): auto / fastest kernel", r["auto"] / best,
+                        "x", ">= 0.9", r["auto"] / best >= 0.9))
+    return rows
+
+
 # -- 3. schedule evaluation ----------------------------------------------------------------------------
 
 def schedule_eval(rounds: int) -> list[Row]:
@@ -410,7 +442,7 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'figure':<66} {'value':>9} {'':<4} {'target':<16} verdict")
     rows: list[Row] = []
-    for section in (lambda: optimizer_step(rounds), lambda: schedule_eval(rounds), lambda: startup(rounds),
+    for section in (lambda: optimizer_step(rounds), lambda: newer_optimizers_step(rounds), lambda: schedule_eval(rounds), lambda: startup(rounds),
                     lambda: logging_cost(rounds), lambda: throughput(rounds, args.epochs)):
         for row in section():
             print(row, flush=True)

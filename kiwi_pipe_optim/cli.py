@@ -68,10 +68,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     print("optimizers (optimizer.class_name):")
     for name, spec in sorted(OPTIMIZER_SPECS.items()):
-        print(f"  {name:<13} torch.optim.{spec.torch_class:<11} {spec.description}")
+        where = spec.path.replace(":", ".") if spec.path else f"torch.optim.{spec.torch_class}"
+        print(f"  {name:<16} {where:<35} {spec.description}")
+    print("  or any torch.optim.Optimizer subclass as 'package.module:ClassName'")
     print("schedules (optimizer.scheduler):")
     for name, sspec in sorted(SCHEDULE_SPECS.items()):
-        print(f"  {name:<13} per {sspec.interval:<6} {sspec.description}")
+        print(f"  {name:<16} per {sspec.interval:<6} {sspec.description}")
     return 0
 
 

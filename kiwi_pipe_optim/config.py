@@ -15,18 +15,39 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       model_validator)
 
 from .errors import ConfigError, Problem, choices, did_you_mean, show
-from .fields import (DecayFactor, Timescale, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate, Patience, Power,
+from .fields import (_as_float, DecayFactor, Timescale, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate, Patience, Power,
                      Problems, Ratio, Scale, TrainingSteps, WarmupSteps, WeightDecay, mode_name, one_of, option_value,
                      written_as_one)
 from .params_file import SECTION, find_section, missing_section, problems_from, read_params
 from .resolve import ResolvedSchedule, resolve, warmup_too_long
 from .schedules import DECAY_SCHEDULE, NO_SCHEDULE, SCHEDULE_SPECS, ScheduleSpec
-from .specs import IMPLEMENTATIONS, OPTIMIZER_SPECS, RETIRED, OptimizerSpec
+from .fields import (CycleMultField, CycleSteps, DecayShapeField, DecaySteps, MilestonesField, MinLR, StepSize,
+                     WarmupStartLR)
+from .phases import Phases
+from .schedule_checks import phase_problems, schedule_problems
+from .specs import IMPLEMENTATIONS, OPTIMIZER_SPECS, RETIRED, OptimizerSpec, is_import_path, optimizer_spec
 
 
 ScheduleName = Annotated[Optional[str], one_of(SCHEDULE_SPECS, "schedule")]
 Implementation = Annotated[str, one_of(IMPLEMENTATIONS, "implementation", ", ".join(IMPLEMENTATIONS))]
 Mode = Annotated[str, BeforeValidator(mode_name)]
+# The suffix of a Muon group's AdamW half (kiwi_pipe_optim.muon.ADAMW_SUFFIX; that module imports torch).
+ADAMW_HALF = "/adamw"
+MUON = "muon"
+
+
+def _layer_decay(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    allowed = "use a factor in (0, 1] such as 0.75"
+    result = _as_float(value, allowed)
+    if not 0.0 < result <= 1.0:
+        raise ValueError(f"{show(value)} is outside (0, 1]; {allowed}")
+    return result
+
+
+LayerDecay = Annotated[Optional[float], BeforeValidator(_layer_decay)]
+LoadPath = Annotated[Optional[Path], BeforeValidator(lambda value: _load_exists(value))]
 WeightDecayExclude = Annotated[str, one_of(("auto", "none"), "weight_decay_exclude rule", "auto, none")]
 # Options that have a field of their own, or that optimizer.implementation chooses.
 _NOT_OPTIONS = {"lr": "set it as optimizer.learning_rate, not as an option",
@@ -48,6 +69,9 @@ class GroupRule(BaseModel):
     weight_decay: WeightDecay = Field(
         None, description="This group's weight decay; default: optimizer.weight_decay, and 0 for biases "
         "and normalisation layers.")
+    muon: Optional[bool] = Field(
+        None, description="class_name muon only: true sends this group's parameters (2-D matrices) to Muon, false "
+        "to AdamW; default: 2-D hidden matrices to Muon, embeddings, the head and 1-D parameters to AdamW.")
 
     @field_validator("match", mode="before")
     @classmethod
@@ -80,8 +104,10 @@ class OptimizerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    class_name: str = Field(description="Optimizer name, a key of OPTIMIZERS_MAPPING.",
-                            json_schema_extra={"enum": sorted(OPTIMIZER_SPECS)})
+    class_name: str = Field(description="Optimizer name, a key of OPTIMIZERS_MAPPING, or any torch.optim.Optimizer "
+                            "subclass as 'package.module:ClassName'.",
+                            json_schema_extra={"anyOf": [{"enum": sorted(OPTIMIZER_SPECS)},
+                                                         {"pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"}]})
     learning_rate: LearningRate = Field(description="Starting learning rate (a scale for noam). Typical: sgd 1, "
                                         "adagrad 0.1, adadelta 1, adam 0.001.")
     encoder_learning_rate: OptionalLearningRate = Field(
@@ -91,11 +117,12 @@ class OptimizerConfig(BaseModel):
     training_steps: TrainingSteps = Field(
         None, ge=1, description="Total optimizer steps of the run; by default what the trainer will run.")
     learning_rate_decay: DecayFactor = Field(
-        1.0, description="Reduce-on-plateau factor (new_lr = lr * factor); used when 0 < factor < 1.")
+        1.0, description="LR factor of plateau, step, multistep and exponential (new_lr = lr * factor); absent "
+        "scheduler: plateau when 0 < factor < 1.")
     learning_rate_decay_start: Patience = Field(
         2, description="Reduce-on-plateau patience: epochs without improvement before reducing.")
-    load: Optional[Path] = Field(None, description="File written by kiwi_pipe_optim.save_state to resume "
-                                 "optimizer state from.")
+    load: LoadPath = Field(None, description="File written by kiwi_pipe_optim.save_state to resume optimizer "
+                           "state from.")
     scheduler: ScheduleName = Field(
         None, description="LR schedule; when absent: noam for noam, linear for adamw, plateau when "
         "0 < learning_rate_decay < 1, else none.", json_schema_extra={"enum": sorted(SCHEDULE_SPECS)})
@@ -115,12 +142,26 @@ class OptimizerConfig(BaseModel):
         json_schema_extra={"enum": ["min", "max"]})
     power: Power = Field(None, description="Exponent of the polynomial schedule (default 1).")
     final_lr_ratio: Ratio = Field(
-        None, description="LR at the end of linear/cosine/polynomial decay, as a fraction of the peak (default 0).")
+        None, description="LR at the end of the decay (linear, cosine, polynomial, wsd, cosine_restarts, one_cycle), "
+        "as a fraction of the peak (default 0); or give min_lr.")
     timescale: Timescale = Field(None, description="Steps over which inverse_sqrt decays after warm-up (LR halved "
                                  "after 3 timescales); default: warmup_steps, or 1 without warm-up (transformers: "
                                  "10000).")
+    warmup_start_lr: WarmupStartLR = None
+    min_lr: MinLR = None
+    decay_steps: DecaySteps = None
+    decay_shape: DecayShapeField = None
+    cycle_steps: CycleSteps = None
+    cycle_mult: CycleMultField = None
+    step_size: StepSize = None
+    milestones: MilestonesField = None
+    phases: Phases = None
     param_groups: Optional[list[GroupRule]] = Field(
         None, description="Ordered param-group rules, first match wins; the rest form the group 'default'.")
+    layer_decay: LayerDecay = Field(
+        None, description="Layer-wise LR decay (Clark et al. 2020, ELECTRA; Bao et al. 2022, BEiT): with L blocks, "
+        "block i gets lr * layer_decay^(L + 1 - i), embeddings (layer 0) the lowest, the head (L + 1) the full LR; "
+        "groups become <group>/layer_<i>.")
 
     # ``warmup_steps: 1`` and ``1.0`` validate to the same value; lint tells them apart.
     _warmup_written_as_one: bool = PrivateAttr(False)
@@ -139,48 +180,18 @@ class OptimizerConfig(BaseModel):
     def _known_optimizer(cls, value: Any) -> str:
         if isinstance(value, str) and value in RETIRED:
             raise ValueError(RETIRED[value])
+        if is_import_path(value):
+            optimizer_spec(value)  # imports the module and reads the class's signature, or says why not
+            return value
         if not isinstance(value, str) or value not in OPTIMIZER_SPECS:
             raise ValueError(f"unknown optimizer {show(value)}{did_you_mean(value, OPTIMIZER_SPECS)}; "
-                             f"choose one of: {choices(OPTIMIZER_SPECS)}")
+                             f"choose one of: {choices(OPTIMIZER_SPECS)}, or 'package.module:ClassName'")
         return value
-
-    @field_validator("load", mode="before")
-    @classmethod
-    def _load_exists(cls, value: Any) -> Optional[Path]:
-        fix = "give a file written by kiwi_pipe_optim.save_state"
-        if value is None:
-            return None
-        if not isinstance(value, (str, Path)) or not str(value).strip():
-            raise ValueError(f"{show(value)} is not a file path; {fix}")
-        if not Path(value).is_file():
-            raise ValueError(f"{show(str(value))} does not exist; {fix}")
-        return Path(value)
 
     @field_validator("options", mode="before")
     @classmethod
     def _options(cls, value: Any, info: ValidationInfo) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{show(value)} is not a mapping; use keyword options such as {{eps: 1e-08}}")
-        spec = OPTIMIZER_SPECS.get(info.data.get("class_name"))
-        if spec is None:  # the class name is wrong; that is reported on its own
-            return dict(value)
-        problems, checked = [], {}
-        for key, option in value.items():
-            if key in _NOT_OPTIONS:
-                problems.append(Problem(str(key), _NOT_OPTIONS[key]))
-            elif key not in spec.options:
-                problems.append(Problem(str(key), f"not an option of {spec.name}{did_you_mean(key, spec.options)}; "
-                                                  f"{spec.name} accepts: {choices(spec.options)}"))
-            else:
-                try:
-                    checked[key] = option_value(spec.options[key].kind, option)
-                except ValueError as e:
-                    problems.append(Problem(str(key), str(e)))
-        if problems:
-            raise Problems(problems)
-        return checked
+        return checked_options(value, info.data.get("class_name"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "OptimizerConfig":
@@ -191,7 +202,7 @@ class OptimizerConfig(BaseModel):
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
-        return OPTIMIZER_SPECS[self.class_name]
+        return optimizer_spec(self.class_name)
 
     @property
     def schedule_name(self) -> str:
@@ -219,7 +230,17 @@ class OptimizerConfig(BaseModel):
         if not self.param_groups and self.encoder_learning_rate is not None:
             rates["encoder"] = self.encoder_learning_rate
         rates["default"] = self.learning_rate
+        ratio = self.adamw_lr_ratio
+        if ratio is not None:  # Muon: each group's AdamW half (embeddings, head, 1-D parameters)
+            rates.update({f"{name}{ADAMW_HALF}": lr * ratio for name, lr in list(rates.items())})
         return rates
+
+    @property
+    def adamw_lr_ratio(self) -> float | None:
+        """Muon only: the AdamW half's LR as a fraction of each group's."""
+        if self.class_name != MUON:
+            return None
+        return float(self.options.get("adamw_lr_ratio", self.optimizer_spec.options["adamw_lr_ratio"].default))
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torch constructor, presets first, then the user's options."""
@@ -253,6 +274,43 @@ class OptimizerConfig(BaseModel):
             raise ConfigError(problems_from(e, cls, section)) from None
 
 
+def _load_exists(value: Any) -> Optional[Path]:
+    fix = "give a file written by kiwi_pipe_optim.save_state"
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ValueError(f"{show(value)} is not a file path; {fix}")
+    if not Path(value).is_file():
+        raise ValueError(f"{show(str(value))} does not exist; {fix}")
+    return Path(value)
+
+
+def checked_options(value: Any, class_name: str | None) -> dict[str, Any]:
+    """``optimizer.options`` checked against what the class accepts, every problem at once."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{show(value)} is not a mapping; use keyword options such as {{eps: 1e-08}}")
+    if class_name is None:  # the class name is wrong; that is reported on its own
+        return dict(value)
+    spec = optimizer_spec(class_name)
+    problems, checked = [], {}
+    for key, option in value.items():
+        if key in _NOT_OPTIONS:
+            problems.append(Problem(str(key), _NOT_OPTIONS[key]))
+        elif key not in spec.options and not spec.open_options:
+            problems.append(Problem(str(key), f"not an option of {spec.name}{did_you_mean(key, spec.options)}; "
+                                              f"{spec.name} accepts: {choices(spec.options)}"))
+        else:
+            try:
+                checked[key] = option_value(spec.options[key].kind if key in spec.options else "any", option)
+            except ValueError as e:
+                problems.append(Problem(str(key), str(e)))
+    if problems:
+        raise Problems(problems)
+    return checked
+
+
 def _inconsistencies(config: OptimizerConfig) -> list[Problem]:
     """Fields that are valid alone but not together."""
     problems: list[Problem] = []
@@ -271,6 +329,14 @@ def _inconsistencies(config: OptimizerConfig) -> list[Problem]:
     if isinstance(config.warmup_steps, int) and config.training_steps is not None \
             and config.warmup_steps > config.training_steps:
         problems.append(warmup_too_long(config.warmup_steps, config.training_steps))
+    split = [k for k in ("param_groups", "encoder_learning_rate", "layer_decay") if getattr(config, k) is not None]
+    if spec.single_group and split:
+        problems.append(Problem(split[0], f"{spec.name} takes one param group; remove {' and '.join(split)}, or "
+                                          f"choose another optimizer"))
+    for i, rule in enumerate(config.param_groups or ()):
+        if rule.muon is not None and config.class_name != MUON:
+            problems.append(Problem(f"param_groups.{i}.muon", f"only class_name muon splits groups between Muon "
+                                    f"and AdamW; remove the key for {config.class_name}"))
     names = [rule.name for rule in config.param_groups or ()]
     for i, name in enumerate(names):
         if name in names[:i] or name == "default":
@@ -279,10 +345,8 @@ def _inconsistencies(config: OptimizerConfig) -> list[Problem]:
     if names and config.encoder_learning_rate is not None:
         problems.append(Problem("encoder_learning_rate", "set together with param_groups; use a rule "
                                 "{name: encoder, match: encoder, lr: ...} instead"))
-    for option in ("power", "final_lr_ratio", "timescale"):
-        if getattr(config, option) is not None and option not in sspec.options:
-            users = [n for n, s in SCHEDULE_SPECS.items() if option in s.options]
-            problems.append(Problem(option, f"not used by the {schedule} schedule; it applies to: {choices(users)}"))
+    problems.extend(schedule_problems(config, config.learning_rate, config.training_steps))
+    problems.extend(phase_problems(config))
     return problems
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from .errors import Problem, choices, did_you_mean, show
+from .multipliers import DECAY_SHAPES
 
 
 class Problems(ValueError):
@@ -184,8 +185,140 @@ MetricName = Annotated[str, _text("a metric name", "the name the model logs, suc
 GroupName = Annotated[str, BeforeValidator(_group_name)]
 
 
+# -- the schedule-specific fields ----------------------------------------------------------------
+
+
+def steps_of(value: Union[int, float], total: int) -> int:
+    """A value read by :func:`cast_steps` as steps: a fraction of ``total`` rounds to whole steps."""
+    return int(round(value * total)) if isinstance(value, float) else int(value)
+
+
+def absolute_lr(example: str) -> Any:
+    def check(value: Any) -> Optional[float]:
+        if value is None:
+            return None
+        allowed = f"use a learning rate >= 0 such as {example}"
+        result = _as_float(value, allowed)
+        if not math.isfinite(result) or result < 0:
+            raise ValueError(f"{show(value)} is not a learning rate; {allowed}")
+        return result
+
+    return BeforeValidator(check)
+
+
+def _cycle_mult(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    allowed = "use a number >= 1 such as 2 (1: cycles of equal length)"
+    result = _as_float(value, allowed)
+    if not math.isfinite(result) or result < 1:
+        raise ValueError(f"{show(value)} is below 1; {allowed}")
+    return result
+
+
+def _optional_decay_factor(value: Any) -> Optional[float]:
+    return None if value is None else _decay_factor(value)
+
+
+def milestone_problems(values: list, total: Optional[int] = None) -> list[Problem]:
+    """Milestones not after the one before them, paths being their index. Without ``total`` only
+    counts are compared with counts and fractions with fractions."""
+    problems: list[Problem] = []
+    last: dict[Any, tuple[int | float, str]] = {}
+    for i, value in enumerate(values):
+        kind = "step" if total is not None else type(value)
+        where = value if total is None else steps_of(value, total)
+        said = show(value) if total is None or isinstance(value, int) else f"{show(value)} (step {where} of {total})"
+        before = last.get(kind)
+        if before is not None and where <= before[0]:
+            problems.append(Problem(str(i), f"{said} is not after the milestone before it ({before[1]}); list the "
+                                            f"milestones in ascending order, each once"))
+        last[kind] = (where, said)
+    return problems
+
+
+def _milestones(value: Any) -> Optional[list[Union[int, float]]]:
+    if value is None:
+        return None
+    allowed = "use ascending steps such as [3000, 6000], or fractions of training_steps such as [0.5, 0.75]"
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{show(value)} is not a list of steps; {allowed}")
+    if not value:
+        raise ValueError(f"[] has no milestone; {allowed}, or choose another scheduler")
+    result, problems = [], []
+    for i, item in enumerate(value):
+        try:
+            if item is None:
+                raise ValueError(f"{show(item)} is not a step count; use a whole number of steps, or a fraction "
+                                 f"in [0, 1] of training_steps")
+            result.append(cast_steps(item))
+        except ValueError as e:
+            problems.append(Problem(str(i), str(e)))
+    problems = problems or milestone_problems(result)
+    if problems:
+        raise Problems(problems)
+    return result
+
+
+Steps = Annotated[Optional[Union[int, float]], BeforeValidator(cast_steps)]
+AbsoluteLR = Annotated[Optional[float], absolute_lr("1e-06")]
+StepCount = Annotated[Optional[int], whole(1, "a whole number of steps >= 1 such as 1000")]
+CycleMult = Annotated[Optional[float], BeforeValidator(_cycle_mult)]
+Milestones = Annotated[Optional[list[Union[int, float]]], BeforeValidator(_milestones)]
+DecayShape = Annotated[Optional[str], one_of(DECAY_SHAPES, "decay shape", ", ".join(DECAY_SHAPES))]
+OptionalDecayFactor = Annotated[Optional[float], BeforeValidator(_optional_decay_factor)]
+
+# The same, described for the JSON Schema: one line each in OptimizerConfig.
+WarmupStartLR = Annotated[AbsoluteLR, Field(
+    description="LR of learning_rate's group at step 0 of warm-up (default 0; one_cycle: learning_rate / 25); "
+    "warm-up rises linearly from it, other groups from the same fraction of their LR. Below learning_rate.")]
+MinLR = Annotated[AbsoluteLR, Field(
+    description="End LR of learning_rate's group: final_lr_ratio = min_lr / learning_rate (other groups end at the "
+    "same fraction); for step, multistep and exponential, a floor. Give it or final_lr_ratio. Below learning_rate.")]
+DecaySteps = Annotated[Steps, Field(
+    description="wsd: length of the final decay, a whole number of steps or a fraction in [0, 1] of "
+    "training_steps (default 0.1).")]
+DecayShapeField = Annotated[DecayShape, Field(
+    description="wsd: shape of the decay: 1-sqrt (default; Hägele et al. 2024 found it best), linear or cosine.",
+    json_schema_extra={"enum": list(DECAY_SHAPES)})]
+CycleSteps = Annotated[StepCount, Field(description="cosine_restarts: length of the first cycle, in steps.")]
+CycleMultField = Annotated[CycleMult, Field(
+    description="cosine_restarts: each cycle is this many times longer than the one before (default 1, >= 1).")]
+StepSize = Annotated[StepCount, Field(
+    description="step: steps between two reductions by learning_rate_decay; exponential: steps per factor of "
+    "learning_rate_decay (default 1).")]
+MilestonesField = Annotated[Milestones, Field(
+    description="multistep: steps at which the LR is multiplied by learning_rate_decay, ascending; each a whole "
+    "number of steps or a fraction in [0, 1] of training_steps.")]
+
+
 def option_value(kind: str, value: Any) -> Any:
-    """One optimizer keyword option of the given kind, in the type torch expects."""
+    """One optimizer keyword option of the given kind, in the type torch expects.
+
+    Kinds: ``bool``, ``beta``, ``betas``, ``positive``, ``nonneg``, ``number``, ``count`` (a whole
+    number >= 1), ``pair`` / ``triple`` (numbers), ``optional_pair`` (first may be null: Adafactor's
+    eps), ``choice:a|b`` (a name, or null when ``null`` is listed), ``any`` (passed as written: an
+    import-path optimizer's option of no declared type).
+    """
+    if kind == "any":
+        return value
+    if kind.startswith("choice:"):
+        allowed = kind[len("choice:"):].split("|")
+        if (value is None and "null" in allowed) or (isinstance(value, str) and value in allowed):
+            return value
+        raise ValueError(f"{show(value)} is not one of: {', '.join(allowed)}")
+    if kind in ("pair", "triple", "optional_pair"):
+        size = 3 if kind == "triple" else 2
+        if not isinstance(value, (list, tuple)) or len(value) != size:
+            raise ValueError(f"{show(value)} is not a list of {size} numbers")
+        if kind == "optional_pair" and value[0] is None:
+            return (None, option_value("positive", value[1]))
+        return tuple(option_value("number", v) for v in value)
+    if kind == "count":
+        whole_value = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if whole_value is None or whole_value < 1:
+            raise ValueError(f"{show(value)} is not a whole number >= 1")
+        return whole_value
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{show(value)} is not a boolean; use true or false")

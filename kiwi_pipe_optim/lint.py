@@ -15,6 +15,9 @@ from typing import Callable, Iterable
 
 from .config import OptimizerConfig
 from .errors import ConfigError, Finding, choices, show
+from .fields import steps_of
+from .phases import phase_schedules
+from .resolve import DEFAULT_DECAY, ResolvedSchedule
 from .schedules import SCHEDULE_SPECS
 
 logger = logging.getLogger("kiwi_pipe_optim")
@@ -55,7 +58,7 @@ def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]
         found.append(Finding("warning", "optimizer.mode",
                              f"{config.mode} with monitor {show(config.monitor)}: {config.schedule_name} would reduce "
                              f"the LR while {config.monitor} improves; use mode: {expected}"))
-    decays = sspec.needs_training_steps and not config.final_lr_ratio
+    decays = sspec.needs_training_steps and not config.final_lr_ratio and not config.min_lr
     if decays and run_steps is not None and config.training_steps is not None:
         t = config.training_steps
         if t < run_steps:
@@ -75,7 +78,61 @@ def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]
         found.append(Finding("warning", "optimizer.learning_rate",
                              f"{show(lr)} is far {side} the usual range of {spec.name} ({low:g} to {high:g}); check the "
                              f"exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)"))
+    found.extend(_schedule_findings(config, run_steps))
     return sorted(found, key=lambda f: f.level != "error")
+
+
+def _schedule_findings(config: OptimizerConfig, run_steps: int | None) -> list[Finding]:
+    """Steps of a schedule (or of one of its phases) that fall outside the run or its phase."""
+    try:
+        resolved = config.resolve(training_steps=run_steps)
+    except ConfigError:  # resolve_errors reports it; what follows needs the resolved steps
+        return []
+    found: list[Finding] = []
+    sources = [config, *(config.phases or ())]
+    for source, (prefix, r) in zip(sources, phase_schedules(resolved)):
+        found.extend(_steps_findings(f"optimizer.{prefix}", source, r))
+    total, ends = resolved.training_steps, [p.start + p.steps for p in resolved.phases if p.steps is not None]
+    if total is not None and ends and ends[-1] > total:
+        late = next(i for i, p in enumerate(resolved.phases) if p.start + (p.steps or 0) > total)
+        found.append(Finding("warning", "optimizer.phases",
+                             f"the phases add up to {ends[-1]} steps but the run has {total}: from phases.{late} on "
+                             f"they are cut short; shorten them, or let the last phase omit steps (the rest of the "
+                             f"run)"))
+    return found
+
+
+def _steps_findings(path: str, source: object, r: ResolvedSchedule) -> list[Finding]:
+    found: list[Finding] = []
+    total, warmup, spec = r.training_steps, r.warmup_steps, SCHEDULE_SPECS[r.name]
+    if getattr(source, "warmup_start_lr", None) is not None and warmup == 0 and spec.default_warmup is None:
+        found.append(Finding("warning", f"{path}warmup_start_lr", f"{show(source.warmup_start_lr)} is not used "
+                             f"without warm-up; set warmup_steps, or remove it"))
+    if total is None:
+        return found
+    room = total - warmup
+    if "decay_steps" in spec.options:
+        asked = steps_of(DEFAULT_DECAY if source.decay_steps is None else source.decay_steps, total)
+        if asked > room:
+            found.append(Finding("warning", f"{path}decay_steps", f"{asked} steps is longer than the {room} steps "
+                                 f"after warm-up: the decay starts when warm-up ends and lasts {room} steps; use at "
+                                 f"most {room} steps, or a smaller fraction"))
+    if r.cycle_steps is not None and r.cycle_steps > room:
+        found.append(Finding("warning", f"{path}cycle_steps", f"the first cycle ({r.cycle_steps} steps) is longer "
+                             f"than the {room} steps after warm-up: the LR never restarts nor reaches its end value; "
+                             f"use at most {room} steps, or the cosine schedule"))
+    if "step_size" in spec.requires and r.step_size >= room:
+        found.append(Finding("warning", f"{path}step_size", f"the first reduction would be at step "
+                             f"{warmup + r.step_size}, at or beyond the end ({total} steps): the LR never decays; use "
+                             f"fewer steps, such as {max(1, room // 3)}"))
+    for i, milestone in enumerate(r.milestones):
+        if milestone >= total:
+            found.append(Finding("warning", f"{path}milestones.{i}", f"step {milestone} is at or beyond the end "
+                                 f"({total} steps): that reduction never happens; use a step below {total}"))
+        elif 0 < warmup and milestone <= warmup:
+            found.append(Finding("warning", f"{path}milestones.{i}", f"step {milestone} is within warm-up ({warmup} "
+                                 f"steps): the LR is reduced as soon as warm-up ends; use a step after {warmup}"))
+    return found
 
 
 _LOWER_IS_BETTER = ("loss", "error", "perplexity", "mse", "mae", "rmse", "wer", "cer")

@@ -19,28 +19,32 @@ from .lint import lint, report
 from .param_groups import DEFAULT_GROUP, ENCODER_GROUP, named_groups
 from .resolve import resolve_for
 from .schedules import build_scheduler
-from .specs import OPTIMIZER_SPECS
+from .specs import OPTIMIZER_SPECS, is_import_path, optimizer_spec
 from .state import load_state
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
 OPTIMIZERS_MAPPING: Mapping[str, type[torch.optim.Optimizer]] = MappingProxyType(
-    {name: getattr(torch.optim, spec.torch_class) for name, spec in OPTIMIZER_SPECS.items()}
+    {name: spec.load_class() for name, spec in OPTIMIZER_SPECS.items()}
 )
 
 FromConfigResult = Union[torch.optim.Optimizer, tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]]
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The torch class registered under ``name``.
+    """The torch class registered under ``name``, or named by ``package.module:ClassName``.
 
     Example:
         >>> optimizer_class("adamw").__name__
         'AdamW'
+        >>> optimizer_class("torch.optim:SGD").__name__
+        'SGD'
 
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
+    if is_import_path(name):
+        return optimizer_spec(name).load_class()
     try:
         return OPTIMIZERS_MAPPING[name]
     except (KeyError, TypeError):
@@ -167,7 +171,12 @@ def _groups(config: OptimizerConfig, parameters: Any) -> tuple[list[dict[str, An
 
 
 def _build(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    cls = OPTIMIZERS_MAPPING[config.class_name]
+    cls = optimizer_class(config.class_name)
+    if config.optimizer_spec.single_group and len(groups) > 1:
+        raise ConfigError(Problem(
+            "optimizer.class_name", f"{config.class_name} takes one param group, and these parameters form "
+            f"{len(groups)} ({', '.join(str(g.get('name')) for g in groups)}); remove param_groups, "
+            f"encoder_learning_rate and weight decay, or choose another optimizer"))
     kwargs = config.optimizer_kwargs()
     impl = config.implementation
     if impl == "loop" and config.optimizer_spec.foreach:
@@ -186,7 +195,7 @@ def _build(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim
                         "default", config.class_name, str(e).splitlines()[0][:160])
     try:
         return cls(groups, **kwargs)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError) as e:  # TypeError: an import-path class refusing an option
         raise ConfigError(Problem(
             "optimizer.class_name", f"{config.class_name} cannot optimize these parameters: {str(e).splitlines()[0]}"
         )) from None

@@ -14,12 +14,12 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import torch
 
-from .config import OptimizerConfig
+from .config import ADAMW_HALF, OptimizerConfig
 from .errors import ConfigError, Problem
 
 DEFAULT_GROUP = "default"
@@ -42,6 +42,8 @@ class Assignment:
     lr: float
     weight_decay: float | None
     rule: int | None  # index of the matching rule, None for the default group
+    muon: bool | None = None  # class_name muon: whether Muon (else AdamW) updates it
+    layer: int | None = None  # layer_decay: 0 embeddings, 1..L blocks, L + 1 the rest after them
 
 
 def is_norm(module: torch.nn.Module) -> bool:
@@ -75,8 +77,56 @@ def _default_weight_decay(config: OptimizerConfig) -> float:
     """The weight decay the torch class applies when none is given (AdamW: 0.01, most: 0)."""
     if not config.optimizer_spec.weight_decay:
         return 0.0
-    parameter = inspect.signature(getattr(torch.optim, config.optimizer_spec.torch_class)).parameters.get("weight_decay")
+    parameter = inspect.signature(config.optimizer_spec.load_class()).parameters.get("weight_decay")
     return float(parameter.default) if parameter is not None and isinstance(parameter.default, (int, float)) else 0.0
+
+
+def adamw_names(module: torch.nn.Module) -> set[str]:
+    """Matrices Muon should leave to AdamW: embeddings and the output head, taken to be the last
+    ``nn.Linear`` registered (Jordan et al., 2024; Liu et al., 2025). A rule's ``muon:`` overrides."""
+    names: set[str] = set()
+    head: list[str] = []
+    for module_name, sub in module.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        own = [prefix + n for n, _ in sub.named_parameters(recurse=False)]
+        if isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+            names.update(own)
+        elif isinstance(sub, torch.nn.Linear) and own:
+            head = own
+    return names | set(head)
+
+
+def block_layers(module: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """The layer of every parameter for layer-wise LR decay, and the number of blocks L.
+
+    The blocks are the largest ``nn.ModuleList`` / ``nn.Sequential`` of two or more modules of one
+    type (a transformer's layers). Parameters registered before them are layer 0 (embeddings),
+    block i's are layer i + 1, and those after (final norm, head) layer L + 1, as in BEiT's and
+    timm's layer decay.
+
+    Raises:
+        ConfigError: the model has no such list of blocks.
+    """
+    best: tuple[str, int, int] | None = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, (torch.nn.ModuleList, torch.nn.Sequential)) and len(sub) >= 2 \
+                and len({type(child) for child in sub}) == 1:
+            size = sum(p.numel() for p in sub.parameters())
+            if size and (best is None or size > best[2]):
+                best = (name, len(sub), size)
+    if best is None:
+        raise ConfigError(Problem("optimizer.layer_decay", f"{type(module).__name__} has no list of blocks (an "
+                                  f"nn.ModuleList or nn.Sequential of two or more layers of one type) to decay the "
+                                  f"LR over; remove layer_decay"))
+    prefix, depth = (best[0] + "." if best[0] else ""), best[1]
+    layers, seen_blocks = {}, False
+    for name, _ in module.named_parameters():
+        index = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+        if index.isdigit():
+            layers[name], seen_blocks = int(index) + 1, True
+        else:
+            layers[name] = depth + 1 if seen_blocks else 0
+    return layers, depth
 
 
 def _matches(name: str, globs: list[str]) -> bool:
@@ -93,6 +143,34 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
             model has no ``encoder`` submodule.
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    out = _assign_groups(module, config, encoder, named)
+    if config.adamw_lr_ratio is not None:
+        out = _split_muon(module, config, out)
+    if config.layer_decay is not None:
+        layers, depth = block_layers(module)
+        out = [replace(a, group=f"{a.group}/layer_{layers[a.parameter]}", layer=layers[a.parameter],
+                       lr=a.lr * config.layer_decay ** (depth + 1 - layers[a.parameter])) for a in out]
+    return out
+
+
+def _split_muon(module: torch.nn.Module, config: OptimizerConfig, out: list[Assignment]) -> list[Assignment]:
+    """Muon for 2-D hidden matrices, AdamW (``<group>/adamw``, at its own LR) for the rest."""
+    aside, rules = adamw_names(module), config.param_groups or []
+    split = []
+    for a in out:
+        forced = None if a.rule is None else rules[a.rule].muon
+        muon = forced if forced is not None else len(a.shape) == 2 and a.parameter not in aside
+        if muon and len(a.shape) != 2:
+            raise ConfigError(Problem(f"optimizer.param_groups.{a.rule}.muon", f"true, but '{a.parameter}' has shape "
+                                      f"{list(a.shape)}; Muon updates 2-D matrices only"))
+        half = a.group if muon else a.group + ADAMW_HALF
+        lr = a.lr if muon else a.lr * config.adamw_lr_ratio
+        split.append(replace(a, group=half, lr=lr, muon=muon))
+    return split
+
+
+def _assign_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str,
+                   named: list[tuple[str, torch.Tensor]]) -> list[Assignment]:
     rates = config.group_learning_rates()
     # Exempting parameters only matters where something decays: no extra groups otherwise (and a
     # state saved with the plain grouping still loads).
@@ -163,13 +241,18 @@ def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str 
             groups[key] = {"name": a.group, "params": [], "lr": a.lr}
             if a.weight_decay is not None:
                 groups[key]["weight_decay"] = a.weight_decay
+            if a.muon is not None:
+                groups[key]["use_muon"] = a.muon
+            groups[key]["_order"] = (a.muon is False, -1 if a.layer is None else a.layer)
         groups[key]["params"].append(params[a.parameter])
     halves = Counter(group for group, _ in groups)
     for (group, decay), torch_group in groups.items():  # the exempt half of a split group
         if halves[group] > 1 and decay == 0.0:
             torch_group["name"] = group + NO_DECAY
     order = list(config.group_learning_rates())
-    return sorted(groups.values(), key=lambda g: (order.index(lr_group(g["name"])), g["name"]))
+    ordered = sorted(groups.values(), key=lambda g: (order.index(g["name"].split("/")[0]), g.pop("_order"),
+                                                     g["name"].endswith(NO_DECAY)))
+    return ordered
 
 
 def lr_group(name: str) -> str:

@@ -21,7 +21,7 @@ MAX_BYTES = 1 << 20  # a params file is a few hundred lines; a bigger one is a m
 MAX_NODES = 100_000  # after expanding aliases: an alias bomb ("billion laughs") stops here
 MAX_DEPTH = 64
 _MISSING_HINTS = {
-    "class_name": f"choose one of: {choices(OPTIMIZER_SPECS)}",
+    "class_name": f"choose one of: {choices(OPTIMIZER_SPECS)}, or 'package.module:ClassName'",
     "learning_rate": "use a positive float such as 0.001",
 }
 

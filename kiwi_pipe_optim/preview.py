@@ -33,6 +33,16 @@ class Curves:
         first = next(iter(self.lrs.values()))
         return int(torch.argmax(first)) if first.numel() else 0
 
+    @property
+    def phase_starts(self) -> tuple[int, ...]:
+        """Where each phase after the first begins (``scheduler: phases``), else nothing."""
+        return tuple(p.start for p in self.resolved.phases[1:])
+
+    @property
+    def key_steps(self) -> tuple[int, ...]:
+        """Steps a sampled curve keeps: warm-up end, peak and phase starts."""
+        return (self.resolved.warmup_steps, self.peak_step, *self.phase_starts, *(s - 1 for s in self.phase_starts))
+
 
 def curves(config: OptimizerConfig, run_steps: int, model_size: int | None = None) -> Curves:
     """Evaluate the config's schedule over ``run_steps`` optimizer steps, per param group.
@@ -62,7 +72,7 @@ def write_csv(path: str | Path, result: Curves, max_points: int = 5000) -> Path:
     """``step`` plus one LR column per group; long runs are sampled, keeping warm-up end and peak."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    index = sample_steps(result.steps, max_points, (result.resolved.warmup_steps, result.peak_step))
+    index = sample_steps(result.steps, max_points, result.key_steps)
     groups = list(result.lrs)
     columns = [index.tolist()] + [result.lrs[g][index].tolist() for g in groups]
     lines = [",".join(["step", *groups])]
@@ -82,7 +92,7 @@ def plot_png(path: str | Path, result: Curves, title: str = "", max_points: int 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    index = sample_steps(result.steps, max_points, (result.resolved.warmup_steps, result.peak_step))
+    index = sample_steps(result.steps, max_points, result.key_steps)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for group, lr in result.lrs.items():
         ax.plot(index.numpy(), lr[index].numpy(), label=f"lr/{group}")
@@ -91,6 +101,8 @@ def plot_png(path: str | Path, result: Curves, title: str = "", max_points: int 
         ax.axvline(r.warmup_steps, color="grey", linestyle="--", linewidth=1)
         ax.annotate(f"warm-up ends: step {r.warmup_steps}", (r.warmup_steps, 0), xytext=(5, 5),
                     textcoords="offset points", fontsize=8, color="grey")
+    for start in result.phase_starts:
+        ax.axvline(start, color="grey", linestyle=":", linewidth=1)
     peak = result.peak_step
     for lr in result.lrs.values():
         ax.plot([peak], [float(lr[peak])], marker="o", color="black", markersize=4)

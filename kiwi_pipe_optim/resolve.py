@@ -11,15 +11,35 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, Problem, show
+from .fields import milestone_problems, steps_of
+from .multipliers import DEFAULT_DECAY_SHAPE
 from .params_file import SECTION
 
 if TYPE_CHECKING:
     from .config import OptimizerConfig
 
 
+# wsd's decay when decay_steps is absent, a fraction of training_steps.
+DEFAULT_DECAY = 0.1
+
+
+@dataclass(frozen=True)
+class ResolvedPhase:
+    """One phase of a composed schedule: its first step, its length (None: to the end) and schedule."""
+
+    start: int
+    steps: int | None
+    schedule: "ResolvedSchedule"
+
+
 @dataclass(frozen=True)
 class ResolvedSchedule:
-    """A schedule with every step count known: what the run will do, and what gets logged."""
+    """A schedule with every step count known: what the run will do, and what gets logged.
+
+    LRs given as absolute values (``warmup_start_lr``, ``min_lr``) are here fractions of
+    ``learning_rate``: ``warmup_start`` and ``final_lr_ratio``. For step, multistep and exponential
+    ``final_lr_ratio`` is the floor.
+    """
 
     name: str
     interval: str
@@ -33,6 +53,14 @@ class ResolvedSchedule:
     monitor: str = "val_loss"
     mode: str = "min"
     timescale: int | None = None
+    warmup_start: float = 0.0
+    decay_steps: int | None = None  # wsd, cut to what warm-up leaves
+    decay_shape: str = "1-sqrt"
+    cycle_steps: int | None = None
+    cycle_mult: float = 1.0
+    step_size: int = 1
+    milestones: tuple[int, ...] = ()
+    phases: tuple[ResolvedPhase, ...] = ()
 
 
 def resolve(config: "OptimizerConfig", training_steps: int | None = None,
@@ -40,13 +68,13 @@ def resolve(config: "OptimizerConfig", training_steps: int | None = None,
     """Turn the config into concrete step counts, given what the run knows.
 
     ``training_steps`` here is the run's own count (what the trainer will step); the config's
-    ``training_steps`` wins when set. Fractions of warm-up are rounded to whole steps. A schedule
-    that does not use warm-up ignores ``warmup_steps`` (lint says so).
+    ``training_steps`` wins when set. Fractions (of warm-up, decay, milestones, phases) are
+    rounded to whole steps. A schedule that does not use warm-up ignores ``warmup_steps`` (lint
+    says so).
 
     Raises:
         ConfigError: a value the schedule needs is unknown, or warm-up exceeds training.
     """
-    schedule, spec = config.schedule_name, config.schedule_spec
     total = config.training_steps if config.training_steps is not None else training_steps
     problems: list[Problem] = []
     if total is not None and (isinstance(total, bool) or int(total) != total or total < 1):
@@ -54,40 +82,89 @@ def resolve(config: "OptimizerConfig", training_steps: int | None = None,
                                                   f"pass a whole number >= 1"))
         total = None
     total = None if total is None else int(total)
+    resolved, found = resolve_schedule(config, config, total, model_size)
+    problems.extend(found)
+    if problems or resolved is None:
+        raise ConfigError([Problem(f"{SECTION}.{p.path}", p.message) for p in problems])
+    return resolved
+
+
+def resolve_schedule(source: Any, config: "OptimizerConfig", total: int | None, model_size: int | None,
+                     length: str = "training_steps") -> tuple[ResolvedSchedule | None, list[Problem]]:
+    """The schedule ``source`` describes (the section, or one of its phases) over ``total`` steps.
+
+    ``config`` gives what a phase shares with the section: the base LR that absolute LRs are
+    fractions of, the decay factor when the phase has none, plateau's settings. Problems have
+    paths relative to ``source``.
+    """
+    schedule, spec = source.schedule_name, source.schedule_spec
+    problems: list[Problem] = []
     warmup = 0
-    if spec.uses_warmup and isinstance(config.warmup_steps, float):
-        if total is None:
-            problems.append(Problem("warmup_steps", f"{show(config.warmup_steps)} is a fraction of training_steps, "
-                                    f"which is unknown; set optimizer.training_steps or give warm-up in steps"))
-        else:
-            warmup = int(round(config.warmup_steps * total))
-    elif spec.uses_warmup and isinstance(config.warmup_steps, int):
-        warmup = config.warmup_steps
+    given = source.warmup_steps if source.warmup_steps is not None else spec.default_warmup
+    if spec.uses_warmup and isinstance(given, float):
+        if total is not None or given == 0:  # no warm-up is 0 steps of any run
+            warmup = int(round(given * (total or 0)))
+        elif source.warmup_steps is not None:  # a default fraction: needs_training_steps says what is missing
+            problems.append(Problem("warmup_steps", f"{show(given)} is a fraction of training_steps, which is unknown; "
+                                    f"set optimizer.training_steps or give warm-up in steps"))
+    elif spec.uses_warmup and isinstance(given, int):
+        warmup = given
         if total is not None and warmup > total:
-            problems.append(warmup_too_long(warmup, total))
+            problems.append(warmup_too_long(warmup, total, length))
     if spec.needs_training_steps and total is None:
         problems.append(Problem("training_steps", f"required by the {schedule} schedule and not known; set "
                                 f"optimizer.training_steps, or pass the run's step count (training_data_size)"))
     if spec.needs_warmup and warmup < 1 and not problems:
-        problems.append(Problem("warmup_steps", f"{show(config.warmup_steps)} gives {warmup} steps; the {schedule} "
+        problems.append(Problem("warmup_steps", f"{show(source.warmup_steps)} gives {warmup} steps; the {schedule} "
                                 f"schedule needs at least 1 step of warm-up"))
     if spec.needs_model_size and (model_size is None or model_size < 1):
         problems.append(Problem("model_size", f"{show(model_size)} is not a model size; the {schedule} schedule needs "
                                 f"the model's hidden size (an integer >= 1)"))
+    decay = None
+    if "decay_steps" in spec.options and total is not None:
+        given_decay = DEFAULT_DECAY if source.decay_steps is None else source.decay_steps
+        decay = max(min(steps_of(given_decay, total), total - warmup), 0)  # lint says when it is cut
+    milestones: tuple[int, ...] = ()
+    if "milestones" in spec.options and source.milestones is not None:
+        unknown = [i for i, m in enumerate(source.milestones) if isinstance(m, float) and total is None]
+        problems.extend(Problem(f"milestones.{i}", f"{show(source.milestones[i])} is a fraction of training_steps, "
+                                f"which is unknown; set optimizer.training_steps or give milestones in steps")
+                        for i in unknown)
+        if not unknown:
+            milestones = tuple(steps_of(m, total or 0) for m in source.milestones)
+            problems.extend(Problem(f"milestones.{p.path}", p.message)
+                            for p in milestone_problems(source.milestones, total))
+    phases: tuple[ResolvedPhase, ...] = ()
+    if "phases" in spec.options and source.phases:
+        from .phases import resolve_phases  # phases resolve each of theirs with this function
+
+        phases, found = resolve_phases(source.phases, config, total)
+        problems.extend(found)
     if problems:
-        raise ConfigError([Problem(f"{SECTION}.{p.path}", p.message) for p in problems])
+        return None, problems
+    lr = config.learning_rate
+    start = spec.start_ratio if source.warmup_start_lr is None else source.warmup_start_lr / lr
+    if source.final_lr_ratio is not None:
+        final = source.final_lr_ratio
+    elif source.min_lr is not None:
+        final = source.min_lr / lr
+    else:
+        final = 0.0 if spec.end_over_start is None else start * spec.end_over_start
+    factor = getattr(source, "learning_rate_decay", None)
     return ResolvedSchedule(
         name=schedule, interval=spec.interval, warmup_steps=warmup, training_steps=total,
         model_size=model_size if spec.needs_model_size else None,
-        power=1.0 if config.power is None else config.power,
-        final_lr_ratio=0.0 if config.final_lr_ratio is None else config.final_lr_ratio,
-        factor=config.learning_rate_decay, patience=config.learning_rate_decay_start,
-        monitor=config.monitor, mode=config.mode, timescale=config.timescale,
-    )
+        power=1.0 if source.power is None else source.power, final_lr_ratio=final,
+        factor=config.learning_rate_decay if factor is None else factor, patience=config.learning_rate_decay_start,
+        monitor=config.monitor, mode=config.mode, timescale=source.timescale, warmup_start=start,
+        decay_steps=decay, decay_shape=source.decay_shape or DEFAULT_DECAY_SHAPE, cycle_steps=source.cycle_steps,
+        cycle_mult=1.0 if source.cycle_mult is None else source.cycle_mult,
+        step_size=source.step_size or 1, milestones=milestones, phases=phases,
+    ), []
 
 
-def warmup_too_long(warmup: int, total: int) -> Problem:
-    return Problem("warmup_steps", f"{warmup} steps is longer than training_steps ({total}); use at most {total} "
+def warmup_too_long(warmup: int, total: int, length: str = "training_steps") -> Problem:
+    return Problem("warmup_steps", f"{warmup} steps is longer than {length} ({total}); use at most {total} "
                                    f"steps, or a fraction in [0, 1]")
 
 

@@ -1,144 +1,29 @@
-"""LR schedules: pure multiplier functions of the optimizer step, and their registry.
+"""LR schedules: their registry, from a resolved schedule to a multiplier and a torch scheduler.
 
-Each function takes the step (an int, or a float64 tensor of many steps) and returns the factor
-that multiplies the base learning rate, the contract of ``torch.optim.lr_scheduler.LambdaLR``.
-Being module-level functions bound with ``functools.partial``, they pickle (so checkpoints resume)
-and evaluate a whole run's curve in one vectorised call, without any optimizer.
-
-Every schedule is one :class:`ScheduleSpec` in :data:`SCHEDULE_SPECS`: what it needs, how it is
-built and whether its curve is known before training. Nothing else in the package looks at a
-schedule's name. Importing this module does not import torch (validation must answer fast); the
-functions import it when they are given tensors or an optimizer.
-
-Warm-up follows the common convention: the factor rises linearly from 0 at step 0 and reaches 1
-at step ``warmup``; with ``warmup == 0`` there is none.
+The schedules themselves are pure multiplier functions of the optimizer step
+(:mod:`kiwi_pipe_optim.multipliers`, re-exported here). Each is one :class:`ScheduleSpec` in
+:data:`SCHEDULE_SPECS`: what it needs, which optional fields it reads, how it is built and whether
+its curve is known before training. Nothing else in the package looks at a schedule's name.
+Importing this module does not import torch (validation must answer fast); the functions import
+it when they are given tensors or an optimizer.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+# Re-exported: the schedules were defined here before they had a module of their own.
+from .multipliers import (DECAY_SHAPES, Step, constant, cosine, cosine_restarts, exponential,  # noqa: F401
+                          inverse_sqrt, linear, multistep, no_schedule, noam, one_cycle, phased, polynomial,
+                          step_decay, wsd)
 
 if TYPE_CHECKING:
     import torch
 
     from .resolve import ResolvedSchedule
-
-Step = Union[int, float, "torch.Tensor"]
-
-
-class _Scalar:
-    where = staticmethod(lambda cond, a, b: a if cond else b)
-    minimum = staticmethod(min)
-    maximum = staticmethod(max)
-    cos = staticmethod(math.cos)
-    sqrt = staticmethod(math.sqrt)
-
-
-class _Tensor:
-    @staticmethod
-    def where(cond: Any, a: Any, b: Any) -> Any:
-        import torch
-
-        return torch.where(cond, a, b)
-
-    @staticmethod
-    def minimum(a: Any, b: Any) -> Any:
-        import torch
-
-        return torch.clamp(a, max=b) if isinstance(a, torch.Tensor) else torch.clamp(b, max=a)
-
-    @staticmethod
-    def maximum(a: Any, b: Any) -> Any:
-        import torch
-
-        return torch.clamp(a, min=b) if isinstance(a, torch.Tensor) else torch.clamp(b, min=a)
-
-    @staticmethod
-    def cos(x: Any) -> Any:
-        return x.cos()
-
-    @staticmethod
-    def sqrt(x: Any) -> Any:
-        return x.sqrt()
-
-
-def _ops(step: Step) -> Any:
-    return _Scalar if isinstance(step, (int, float)) else _Tensor
-
-
-def _warmup(step: Step, warmup: int) -> Step:
-    return step / warmup if warmup > 0 else step * 0 + 1.0
-
-
-def _progress(step: Step, warmup: int, total: int) -> Step:
-    """Fraction of the decay phase done, clamped to [0, 1]."""
-    ops = _ops(step)
-    # Warm-up as long as the run leaves no decay phase: the end value from step ``total`` on.
-    done = (step - warmup) / (total - warmup) if total > warmup else step - warmup + 1.0
-    return ops.minimum(ops.maximum(done, 0.0), 1.0)
-
-
-def constant(step: Step, *, warmup: int = 0) -> Step:
-    """Linear warm-up to 1, then 1."""
-    ops = _ops(step)
-    return ops.where(step < warmup, _warmup(step, warmup), step * 0 + 1.0)
-
-
-def linear(step: Step, *, warmup: int, total: int, final_ratio: float = 0.0) -> Step:
-    """Linear warm-up to 1, then linear decay to ``final_ratio`` at ``total`` (and after)."""
-    ops = _ops(step)
-    decay = 1.0 - (1.0 - final_ratio) * _progress(step, warmup, total)
-    return ops.where(step < warmup, _warmup(step, warmup), decay)
-
-
-def cosine(step: Step, *, warmup: int, total: int, final_ratio: float = 0.0) -> Step:
-    """Linear warm-up, then half a cosine from 1 to ``final_ratio`` at ``total`` (Loshchilov &
-    Hutter 2017, SGDR, without restarts)."""
-    ops = _ops(step)
-    cos = 0.5 * (1.0 + ops.cos(math.pi * _progress(step, warmup, total)))
-    return ops.where(step < warmup, _warmup(step, warmup), final_ratio + (1.0 - final_ratio) * cos)
-
-
-def polynomial(step: Step, *, warmup: int, total: int, power: float = 1.0, final_ratio: float = 0.0) -> Step:
-    """Linear warm-up, then ``final + (1 - final) * (1 - progress) ** power``."""
-    ops = _ops(step)
-    decay = final_ratio + (1.0 - final_ratio) * (1.0 - _progress(step, warmup, total)) ** power
-    return ops.where(step < warmup, _warmup(step, warmup), decay)
-
-
-def inverse_sqrt(step: Step, *, warmup: int = 0, timescale: int | None = None) -> Step:
-    """Linear warm-up, then decay with the inverse square root of the step (Vaswani et al., 2017).
-
-    ``sqrt(timescale / (step - warmup + timescale))``: 1 when warm-up ends, halved after
-    ``3 * timescale`` more steps. ``timescale`` defaults to the warm-up length (``sqrt(warmup /
-    step)``), or 1 without warm-up (``1 / sqrt(step + 1)``); transformers' default without warm-up
-    is 10,000, a much slower decay.
-    """
-    ops = _ops(step)
-    scale = timescale or max(warmup, 1)
-    decay = ops.sqrt(scale / (ops.maximum(step, warmup) - warmup + scale))
-    return ops.where(step < warmup, _warmup(step, warmup), decay) if warmup > 0 else decay
-
-
-def noam(step: Step, *, warmup: int, model_size: int) -> Step:
-    """The schedule of "Attention Is All You Need" (Vaswani et al., 2017, eq. 3).
-
-    ``d^-0.5 * min(s^-0.5, s * warmup^-1.5)`` with ``s = step + 1``: linear growth for the first
-    ``warmup`` steps, peak at ``s == warmup``, then decay with the inverse square root of the step.
-    The base LR multiplies this factor, so it acts as a scale (OpenKiwi used 1 to 2).
-    """
-    ops = _ops(step)
-    s = step + 1.0
-    return model_size ** -0.5 * ops.minimum(s ** -0.5, s * warmup ** -1.5)
-
-
-def no_schedule(step: Step) -> Step:
-    """A constant factor of 1."""
-    return step * 0 + 1.0
 
 
 # -- binding a resolved schedule to its multiplier ---------------------------------------------
@@ -149,25 +34,60 @@ def _bind_none(r: "ResolvedSchedule") -> Callable[[Step], Step]:
 
 
 def _bind_warmup(fn: Callable[..., Step]) -> Callable[["ResolvedSchedule"], Callable[[Step], Step]]:
-    return lambda r: functools.partial(fn, warmup=r.warmup_steps)
+    return lambda r: functools.partial(fn, warmup=r.warmup_steps, start=r.warmup_start)
 
 
 def _bind_decay(fn: Callable[..., Step]) -> Callable[["ResolvedSchedule"], Callable[[Step], Step]]:
     return lambda r: functools.partial(fn, warmup=r.warmup_steps, total=r.training_steps,
-                                       final_ratio=r.final_lr_ratio)
+                                       final_ratio=r.final_lr_ratio, start=r.warmup_start)
 
 
 def _bind_polynomial(r: "ResolvedSchedule") -> Callable[[Step], Step]:
     return functools.partial(polynomial, warmup=r.warmup_steps, total=r.training_steps, power=r.power,
-                             final_ratio=r.final_lr_ratio)
+                             final_ratio=r.final_lr_ratio, start=r.warmup_start)
 
 
 def _bind_inverse_sqrt(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(inverse_sqrt, warmup=r.warmup_steps, timescale=r.timescale)
+    return functools.partial(inverse_sqrt, warmup=r.warmup_steps, timescale=r.timescale, start=r.warmup_start)
 
 
 def _bind_noam(r: "ResolvedSchedule") -> Callable[[Step], Step]:
     return functools.partial(noam, warmup=r.warmup_steps, model_size=r.model_size)
+
+
+def _bind_wsd(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(wsd, warmup=r.warmup_steps, total=r.training_steps, decay=r.decay_steps,
+                             shape=r.decay_shape, final_ratio=r.final_lr_ratio, start=r.warmup_start)
+
+
+def _bind_restarts(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(cosine_restarts, warmup=r.warmup_steps, cycle=r.cycle_steps, mult=r.cycle_mult,
+                             final_ratio=r.final_lr_ratio, start=r.warmup_start)
+
+
+def _bind_step(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(step_decay, warmup=r.warmup_steps, size=r.step_size, factor=r.factor,
+                             floor=r.final_lr_ratio, start=r.warmup_start)
+
+
+def _bind_multistep(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(multistep, warmup=r.warmup_steps, milestones=r.milestones, factor=r.factor,
+                             floor=r.final_lr_ratio, start=r.warmup_start)
+
+
+def _bind_exponential(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(exponential, warmup=r.warmup_steps, size=r.step_size, factor=r.factor,
+                             floor=r.final_lr_ratio, start=r.warmup_start)
+
+
+def _bind_one_cycle(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(one_cycle, warmup=r.warmup_steps, total=r.training_steps, start=r.warmup_start,
+                             final_ratio=r.final_lr_ratio)
+
+
+def _bind_phases(r: "ResolvedSchedule") -> Callable[[Step], Step]:
+    return functools.partial(phased, starts=tuple(p.start for p in r.phases),
+                             parts=tuple(multiplier(p.schedule) for p in r.phases), last_length=r.phases[-1].steps)
 
 
 def lambda_scheduler(optimizer: Any, resolved: "ResolvedSchedule") -> Any:
@@ -192,7 +112,9 @@ class ScheduleSpec:
     ``bind`` turns a resolved schedule into its multiplier of the step (its vectorised curve);
     ``None`` means the LR follows a metric during training (reduce-on-plateau), so the curve is
     unknown beforehand and a restored LR cannot be checked against a step. ``build`` makes the
-    torch scheduler; ``None`` means no scheduler at all.
+    torch scheduler; ``None`` means no scheduler at all. ``options`` are the optional fields of
+    the section the schedule reads (any other one set is an error), ``requires`` those it cannot
+    do without.
     """
 
     name: str
@@ -204,9 +126,14 @@ class ScheduleSpec:
     needs_training_steps: bool = False
     needs_warmup: bool = False
     needs_model_size: bool = False
-    needs_decay_factor: bool = False  # reduce-on-plateau: learning_rate_decay must be in (0, 1)
+    needs_decay_factor: bool = False  # learning_rate_decay must be in (0, 1)
     monitored: bool = False  # Lightning must be told which logged metric drives it
     options: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    default_warmup: Optional[float] = None  # warm-up when warmup_steps is absent, a fraction of training_steps
+    start_ratio: float = 0.0  # the factor at step 0 when warmup_start_lr is absent
+    end_over_start: Optional[float] = None  # without min_lr / final_lr_ratio: the end factor, per start factor
+    in_phases: bool = True  # may be one phase of `phases`
 
     @property
     def previewable(self) -> bool:
@@ -214,40 +141,78 @@ class ScheduleSpec:
         return self.bind is not None
 
 
+_WARM = ("warmup_start_lr",)
+_END = ("final_lr_ratio", "min_lr") + _WARM
+_FLOOR = ("min_lr",) + _WARM
 _SCHEDULES = (
     ScheduleSpec("none", "constant learning rate, no scheduler", "step", _bind_none, build=None, uses_warmup=False),
-    ScheduleSpec("constant", "linear warm-up, then constant", "step", _bind_warmup(constant)),
+    ScheduleSpec("constant", "linear warm-up, then constant", "step", _bind_warmup(constant), options=_WARM),
     ScheduleSpec(
         "linear", "linear warm-up from 0, then linear decay to final_lr_ratio at training_steps",
-        "step", _bind_decay(linear), needs_training_steps=True, options=("final_lr_ratio",),
+        "step", _bind_decay(linear), needs_training_steps=True, options=_END,
     ),
     ScheduleSpec(
         "cosine", "linear warm-up, then half-cosine decay to final_lr_ratio at training_steps",
-        "step", _bind_decay(cosine), needs_training_steps=True, options=("final_lr_ratio",),
+        "step", _bind_decay(cosine), needs_training_steps=True, options=_END,
     ),
     ScheduleSpec(
         "polynomial", "linear warm-up, then (1 - progress)^power decay to final_lr_ratio",
-        "step", _bind_polynomial, needs_training_steps=True, options=("power", "final_lr_ratio"),
+        "step", _bind_polynomial, needs_training_steps=True, options=("power",) + _END,
     ),
     ScheduleSpec(
         "inverse_sqrt", "linear warm-up, then decay proportional to 1/sqrt(step) over timescale", "step",
-        _bind_inverse_sqrt, options=("timescale",),
+        _bind_inverse_sqrt, options=("timescale",) + _WARM,
     ),
     ScheduleSpec(
         "noam", "Vaswani et al. (2017): d^-0.5 * min(s^-0.5, s * warmup^-1.5), s = step + 1",
-        "step", _bind_noam, needs_warmup=True, needs_model_size=True,
+        "step", _bind_noam, needs_warmup=True, needs_model_size=True, in_phases=False,
     ),
     ScheduleSpec(
         "plateau", "multiply the LR by learning_rate_decay after learning_rate_decay_start epochs "
         "without improvement of `monitor`", "epoch", None, build=plateau_scheduler, uses_warmup=False,
-        needs_decay_factor=True, monitored=True,
+        needs_decay_factor=True, monitored=True, in_phases=False,
+    ),
+    ScheduleSpec(
+        "wsd", "Hu et al. (2024): linear warm-up, constant, then decay (decay_shape) over the last decay_steps "
+        "to final_lr_ratio", "step", _bind_wsd, needs_training_steps=True,
+        options=("decay_steps", "decay_shape") + _END,
+    ),
+    ScheduleSpec(
+        "cosine_restarts", "SGDR (Loshchilov & Hutter 2017): warm-up, then cosine cycles from 1 to final_lr_ratio, "
+        "cycle_steps long, each cycle_mult times longer", "step", _bind_restarts,
+        options=("cycle_steps", "cycle_mult") + _END, requires=("cycle_steps",),
+    ),
+    ScheduleSpec(
+        "step", "warm-up, then multiply by learning_rate_decay every step_size steps", "step", _bind_step,
+        needs_decay_factor=True, options=("step_size",) + _FLOOR, requires=("step_size",),
+    ),
+    ScheduleSpec(
+        "multistep", "warm-up, then multiply by learning_rate_decay at each of milestones", "step",
+        _bind_multistep, needs_decay_factor=True, options=("milestones",) + _FLOOR, requires=("milestones",),
+    ),
+    ScheduleSpec(
+        "exponential", "warm-up, then learning_rate_decay^((step - warmup) / step_size)", "step",
+        _bind_exponential, needs_decay_factor=True, options=("step_size",) + _FLOOR,
+    ),
+    ScheduleSpec(
+        "one_cycle", "Smith & Topin (2018), torch's OneCycleLR: cosine from lr/25 up to lr over warmup_steps "
+        "(default 0.3), then down to lr/25e4", "step", _bind_one_cycle, needs_training_steps=True,
+        options=_END, default_warmup=0.3, start_ratio=1 / 25, end_over_start=1e-4,
+    ),
+    ScheduleSpec(
+        "phases", "a list of schedules run one after the other, each on its own steps", "step", _bind_phases,
+        uses_warmup=False, options=("phases",), requires=("phases",), in_phases=False,
     ),
 )
 
 SCHEDULE_SPECS: Mapping[str, ScheduleSpec] = MappingProxyType({s.name: s for s in _SCHEDULES})
-# OpenKiwi's rule: with no explicit schedule, 0 < learning_rate_decay < 1 means this one.
-DECAY_SCHEDULE = next(s.name for s in _SCHEDULES if s.needs_decay_factor)
+# OpenKiwi's rule: with no explicit schedule, 0 < learning_rate_decay < 1 means reduce-on-plateau
+# (named, since other schedules need the factor too).
+DECAY_SCHEDULE = "plateau"
 NO_SCHEDULE = "none"
+# The optional fields of the section that belong to some schedules only.
+SCHEDULE_OPTIONS = ("power", "final_lr_ratio", "timescale", "warmup_start_lr", "min_lr", "decay_steps", "decay_shape",
+                    "cycle_steps", "cycle_mult", "step_size", "milestones", "phases")
 
 
 def list_schedules() -> list[str]:

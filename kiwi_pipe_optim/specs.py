@@ -7,7 +7,13 @@ torch classes, and a test checks every option against the real constructor signa
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -37,6 +43,22 @@ class OptimizerSpec:
     default_schedule: str | None = None
     # Another name for a registered class with other presets (noam is Adam): optimizer_name skips it.
     alias: bool = False
+    # "module:Class" when the class is not torch.optim.<torch_class> (our Muon with AdamW, or a
+    # user's class named by import path).
+    path: str | None = None
+    # The class takes one param group only (LBFGS).
+    single_group: bool = False
+    # The constructor takes **kwargs: options cannot be checked before it runs.
+    open_options: bool = False
+
+    def load_class(self) -> type:
+        """The optimizer class (imports torch, and the module of an import path)."""
+        if self.path is None:
+            import torch
+
+            return getattr(torch.optim, self.torch_class)
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 _BETAS = OptionSpec("betas", (0.9, 0.999))
@@ -134,7 +156,51 @@ _OPTIMIZERS = (
     ),
 )
 
-OPTIMIZER_SPECS: Mapping[str, OptimizerSpec] = MappingProxyType({s.name: s for s in _OPTIMIZERS})
+_NEWER = (
+    OptimizerSpec(
+        "nadam", "NAdam", "Adam with Nesterov momentum (Dozat, 2016)",
+        {"betas": _BETAS, "eps": _eps(1e-8), "momentum_decay": OptionSpec("nonneg", 0.004),
+         "decoupled_weight_decay": OptionSpec("bool", False), "maximize": _MAXIMIZE},
+        typical_lr=(1e-6, 1e-2),
+    ),
+    OptimizerSpec(
+        "radam", "RAdam", "Adam with a rectified warm-up of the adaptive term (Liu et al., 2020)",
+        {"betas": _BETAS, "eps": _eps(1e-8), "decoupled_weight_decay": OptionSpec("bool", False),
+         "maximize": _MAXIMIZE},
+        typical_lr=(1e-6, 1e-2),
+    ),
+    OptimizerSpec(
+        "adafactor", "Adafactor", "Adafactor, factored second moments in sub-linear memory (Shazeer & Stern, 2018)",
+        {"beta2_decay": OptionSpec("number", -0.8), "eps": OptionSpec("optional_pair", (None, 1e-3)),
+         "d": OptionSpec("positive", 1.0), "maximize": _MAXIMIZE},
+        typical_lr=(1e-5, 1e-1),
+    ),
+    OptimizerSpec(
+        "rprop", "Rprop", "resilient backpropagation, sign-based full-batch steps (Riedmiller & Braun, 1993)",
+        {"etas": OptionSpec("pair", (0.5, 1.2)), "step_sizes": OptionSpec("pair", (1e-6, 50)), "maximize": _MAXIMIZE},
+        weight_decay=False, typical_lr=(1e-4, 1e-1),
+    ),
+    OptimizerSpec(
+        "lbfgs", "LBFGS",
+        "limited-memory BFGS (Liu & Nocedal, 1989); re-evaluates the loss through Lightning's closure, one param group",
+        {"max_iter": OptionSpec("count", 20), "max_eval": OptionSpec("any", None),
+         "tolerance_grad": OptionSpec("nonneg", 1e-7), "tolerance_change": OptionSpec("nonneg", 1e-9),
+         "history_size": OptionSpec("count", 100), "line_search_fn": OptionSpec("choice:strong_wolfe|null", None)},
+        weight_decay=False, foreach=False, typical_lr=(1e-2, 2.0), single_group=True,
+    ),
+    OptimizerSpec(
+        "muon", "Muon",
+        "Muon on 2-D hidden matrices, AdamW on the rest (Jordan et al., 2024; Liu et al., 2025)",
+        {"momentum": OptionSpec("beta", 0.95), "nesterov": OptionSpec("bool", True),
+         "ns_coefficients": OptionSpec("triple", (3.4445, -4.775, 2.0315)), "eps": _eps(1e-7),
+         "ns_steps": OptionSpec("count", 5), "adjust_lr_fn": OptionSpec("choice:original|match_rms_adamw|null", None),
+         "adamw_lr_ratio": OptionSpec("positive", 0.1), "adamw_betas": OptionSpec("betas", (0.9, 0.95)),
+         "adamw_eps": _eps(1e-8)},
+        foreach=False, typical_lr=(1e-3, 0.1), path="kiwi_pipe_optim.muon:MuonWithAdamW",
+    ),
+)
+
+OPTIMIZER_SPECS: Mapping[str, OptimizerSpec] = MappingProxyType({s.name: s for s in _OPTIMIZERS + _NEWER})
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
 
@@ -144,6 +210,65 @@ RETIRED = MappingProxyType({
                          "embeddings) has no counterpart here; use adam, and nn.Embedding(sparse=False) "
                          "(sparse_adam alone fails on any dense layer)",
 })
+
+
+# The stage's class_path convention, "package.module:ClassName"; the colon keeps a typo of a
+# registry name ("adam.w") from being read as a module.
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# Options with a field of their own, or chosen by optimizer.implementation: never options.
+_OWN_FIELDS = ("params", "lr", "weight_decay", "fused", "foreach", "capturable", "differentiable")
+
+
+def is_import_path(name: Any) -> bool:
+    """``package.module:ClassName``: an optimizer class outside the registry."""
+    return isinstance(name, str) and name not in OPTIMIZER_SPECS and bool(_IMPORT_PATH.match(name))
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The spec of a registry name, or of ``package.module:ClassName`` read from its signature.
+
+    Raises:
+        KeyError: not a registry name.
+        ValueError: an import path that does not name a ``torch.optim.Optimizer`` subclass.
+    """
+    if name in OPTIMIZER_SPECS:
+        return OPTIMIZER_SPECS[name]
+    if not is_import_path(name):
+        raise KeyError(name)
+    return _spec_from_path(name)
+
+
+def _option_kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "bool"
+    return "number" if isinstance(default, (int, float)) else "any"
+
+
+@functools.lru_cache(maxsize=32)
+def _spec_from_path(path: str) -> OptimizerSpec:
+    import torch
+
+    module_name, _, class_name = path.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a team's own optimizer, importable from the repository root
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - a broken user module is a params mistake too
+        raise ValueError(f"cannot import '{module_name}' ({type(e).__name__}: {e}); give 'package.module:ClassName' "
+                         f"importable from the repository root") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        what = "has no attribute" if cls is None else "is not a torch.optim.Optimizer subclass:"
+        raise ValueError(f"'{module_name}' {what} '{class_name}'; name a torch.optim.Optimizer subclass")
+    parameters = inspect.signature(cls).parameters
+    options = {n: OptionSpec(_option_kind(p.default), None if p.default is p.empty else p.default)
+               for n, p in parameters.items()
+               if n not in _OWN_FIELDS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return OptimizerSpec(
+        path, cls.__name__, (inspect.getdoc(cls) or cls.__name__).splitlines()[0], options,
+        weight_decay="weight_decay" in parameters, fused="fused" in parameters, foreach="foreach" in parameters,
+        path=path, open_options=any(p.kind is p.VAR_KEYWORD for p in parameters.values()),
+    )
 
 
 def list_optimizers() -> list[str]:

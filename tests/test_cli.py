@@ -31,7 +31,7 @@ def test_validate_reports_every_problem_and_exits_2(write_params):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}:2: optimizer.class_name: unknown optimizer 'adamx' (did you mean 'adamax'?); choose one of: "
-        "adadelta, adagrad, adam, adamax, adamw, averaged_sgd, noam, rmsprop, sgd, sparse_adam",
+        "adadelta, adafactor, adagrad, adam, adamax, adamw, averaged_sgd, lbfgs, muon, nadam, noam, radam, rmsprop, rprop, sgd, sparse_adam, or 'package.module:ClassName'",
         f"{path}:3: optimizer.learning_rate: nan is not a finite number; use a positive float such as 0.001",
         f"{path}:4: optimizer.warmup_steps: -1 is not a step count; use a whole number of steps, "
         "or a fraction in [0, 1] of training_steps",
@@ -76,7 +76,7 @@ def test_validate_prints_a_warning_once_and_exits_0(write_params):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         f"{path}:5: warning: optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a "
-        "schedule with warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"]
+        "schedule with warm-up: constant, cosine, cosine_restarts, exponential, inverse_sqrt, linear, multistep, noam, one_cycle, polynomial, step, wsd"]
 
 
 WHOLE_FILE_MISTAKES = [

@@ -8,11 +8,12 @@ import torch
 from kiwi_pipe_optim import ConfigError, OptimizerConfig, from_config, load_config
 from kiwi_pipe_optim.lint import lint
 
-ALL_OPTIMIZERS = "adadelta, adagrad, adam, adamax, adamw, averaged_sgd, noam, rmsprop, sgd, sparse_adam"
+ALL_OPTIMIZERS = "adadelta, adafactor, adagrad, adam, adamax, adamw, averaged_sgd, lbfgs, muon, nadam, noam, radam, rmsprop, rprop, sgd, sparse_adam, or 'package.module:ClassName'"
 ALL_KEYS = (
     "class_name, learning_rate, encoder_learning_rate, warmup_steps, training_steps, learning_rate_decay, "
     "learning_rate_decay_start, load, scheduler, weight_decay, weight_decay_exclude, options, implementation, monitor, mode, "
-    "power, final_lr_ratio, timescale, param_groups"
+    "power, final_lr_ratio, timescale, warmup_start_lr, min_lr, decay_steps, decay_shape, cycle_steps, cycle_mult, "
+    "step_size, milestones, phases, param_groups, layer_decay"
 )
 
 
@@ -162,7 +163,7 @@ def test_every_field_problem_reported_at_once():
 def test_unknown_schedule():
     assert problems(class_name="adam", learning_rate=1e-3, scheduler="cosin") == [
         "optimizer.scheduler: unknown schedule 'cosin' (did you mean 'cosine'?); choose one of: "
-        "constant, cosine, inverse_sqrt, linear, noam, none, plateau, polynomial"
+        "constant, cosine, cosine_restarts, exponential, inverse_sqrt, linear, multistep, noam, none, one_cycle, phases, plateau, polynomial, step, wsd"
     ]
 
 
@@ -229,14 +230,14 @@ def test_warmup_on_a_schedule_without_one_warns_once(caplog):
         assert caplog.messages == []
         assert [str(f) for f in lint(cfg)] == [
             "warning: optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a "
-            "schedule with warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"
+            "schedule with warm-up: constant, cosine, cosine_restarts, exponential, inverse_sqrt, linear, multistep, noam, one_cycle, polynomial, step, wsd"
         ]
         model = torch.nn.Linear(2, 2)
         from_config(cfg, model)
         from_config(cfg, model)
     assert caplog.messages == [
         "optimizer.warmup_steps: 10 is not used by the plateau schedule; remove it or choose a schedule with "
-        "warm-up: constant, cosine, inverse_sqrt, linear, noam, polynomial"
+        "warm-up: constant, cosine, cosine_restarts, exponential, inverse_sqrt, linear, multistep, noam, one_cycle, polynomial, step, wsd"
     ]
 
 

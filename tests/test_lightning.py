@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kiwi_pipe_optim import OptimizerConfig
+from kiwi_pipe_optim import OptimizerConfig, list_optimizers
 from kiwi_pipe_optim.integrations.journal import Journal
 from kiwi_pipe_optim.integrations.lightning import KiwiOptimizers, attach_config, flavor_of, step_recorder
 from kiwi_pipe_optim.integrations.logger import kiwi_logger
@@ -27,21 +27,29 @@ SECTIONS = {
     "adadelta": dict(learning_rate=1.0),
     "adamax": dict(learning_rate=2e-3),
     "rmsprop": dict(learning_rate=1e-3),
+    "nadam": dict(learning_rate=2e-3, scheduler="cosine"),
+    "radam": dict(learning_rate=1e-3, options={"decoupled_weight_decay": True}, weight_decay=0.01),
+    "adafactor": dict(learning_rate=1e-2, scheduler="constant", warmup_steps=2),
+    "rprop": dict(learning_rate=1e-2),
+    "lbfgs": dict(learning_rate=0.5, options={"max_iter": 3, "line_search_fn": "strong_wolfe"}),
+    "muon": dict(learning_rate=0.02, warmup_steps=2, training_steps=4, scheduler="linear"),
 }
 
 
-def tiny_module(base, sparse=False):
+def tiny_module(base, sparse=False, hidden=False):
     class Tiny(KiwiOptimizers, base):
         def __init__(self):
             super().__init__()
             self.encoder = nn.Embedding(10, 8, sparse=sparse)
+            self.hidden = nn.Linear(8, 8) if hidden else nn.Identity()
             self.head = nn.Linear(8, 2)
             self.model_size = 8
             if sparse:  # SparseAdam needs every trained parameter to get sparse gradients
                 self.head.requires_grad_(False)
+                self.hidden.requires_grad_(False)
 
         def forward(self, x):
-            return self.head(self.encoder(x).mean(1))
+            return self.head(self.hidden(self.encoder(x).mean(1)))
 
         def training_step(self, batch, _):
             x, y = batch
@@ -85,10 +93,15 @@ def fit(module, config, max_steps=4, max_epochs=None, accumulate=1):
     return trainer, curves(journal)
 
 
+def test_every_registry_entry_has_a_section_here():
+    assert sorted(SECTIONS) == list_optimizers()
+
+
+@pytest.mark.parametrize("base", [L.LightningModule, PL.LightningModule], ids=["lightning.pytorch", "pytorch_lightning"])
 @pytest.mark.parametrize("name", sorted(SECTIONS))
-def test_every_optimizer_trains_in_lightning(name):
+def test_every_optimizer_trains_in_lightning(name, base):
     torch.manual_seed(0)
-    module = tiny_module(L.LightningModule, sparse=name == "sparse_adam")
+    module = tiny_module(base, sparse=name == "sparse_adam", hidden=True)
     before = [p.detach().clone() for p in module.parameters()]
     config = OptimizerConfig(class_name=name, **SECTIONS[name])
     trainer, logged = fit(module, config)

@@ -148,3 +148,23 @@ def test_plots_diff_overlays_two_experiments(repo, tmp_path):
     html = (out / "index.html").read_text()
     assert all(name in html for name in names)
     assert "plots/lr/default.csv" in html and "plots/lr/encoder.csv" in html and "plots/schedule.csv" in html
+
+
+def test_muon_with_wsd_trains_through_exp_run(repo):
+    """The section of the Muon issue, set with -S on the bundled Transformer: both halves of
+    every group logged, the schedule's warm-up visible in the LR history."""
+    path = repo["path"]
+    sh(["git", "checkout", "--", "params.yaml"], path)
+    before = {r.info.run_id for r in runs(path)}
+    sh(["dvc", "exp", "run", "-S", "optimizer.class_name=muon", "-S", "optimizer.learning_rate=0.02",
+        "-S", "optimizer.warmup_steps=100", "-S", "+optimizer.training_steps=1000", "-S", "+optimizer.scheduler=wsd"],
+       path)
+    [run] = [r for r in runs(path) if r.info.run_id not in before]
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["optimizer.class_name"], run.data.params["resolved.schedule"]) == ("muon", "wsd")
+    assert {"lr/default", "lr/default/adamw", "lr/encoder", "lr/encoder/adamw", "train_loss"} <= set(run.data.metrics)
+    history = sorted((m.step, m.value) for m in client(path).get_metric_history(run.info.run_id, "lr/default"))
+    assert [s for s, _ in history] == list(range(10))
+    assert [v for _, v in history] == pytest.approx([0.02 * s / 100 for s in range(10)])
+    adamw = sorted((m.step, m.value) for m in client(path).get_metric_history(run.info.run_id, "lr/default/adamw"))
+    assert [v for _, v in adamw] == pytest.approx([0.002 * s / 100 for s in range(10)])
