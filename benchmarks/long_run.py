@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,7 @@ def main() -> int:
     for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "kiwi_pipe_optim"):
         logging.getLogger(name).setLevel(logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="kiwi-long-run-"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")  # not the checkout's store
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, {GROUPS} groups")
 
     stage_run(args.steps, "Probe", root / "long")
