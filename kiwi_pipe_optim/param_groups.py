@@ -81,19 +81,26 @@ def _default_weight_decay(config: OptimizerConfig) -> float:
     return float(parameter.default) if parameter is not None and isinstance(parameter.default, (int, float)) else 0.0
 
 
-def adamw_names(module: torch.nn.Module) -> set[str]:
-    """Matrices Muon should leave to AdamW: embeddings and the output head, taken to be the last
-    ``nn.Linear`` registered (Jordan et al., 2024; Liu et al., 2025). A rule's ``muon:`` overrides."""
-    names: set[str] = set()
-    head: list[str] = []
+def hidden_matrices(module: torch.nn.Module) -> set[str]:
+    """The 2-D weights Muon is for: those of hidden linear layers (Jordan et al., 2024).
+
+    Linear weights and attention's packed projections, except the output head (the last
+    ``nn.Linear`` registered) and, in a model with no embedding layer, the input layer (the
+    first). Embeddings, position tables and other raw matrices, biases and norms go to AdamW,
+    as in Jordan's runs and Moonlight (Liu et al., 2025). A rule's ``muon:`` overrides this.
+    """
+    linears: list[str] = []
+    attention: list[str] = []
+    has_embedding = False
     for module_name, sub in module.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        own = [prefix + n for n, _ in sub.named_parameters(recurse=False)]
-        if isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
-            names.update(own)
-        elif isinstance(sub, torch.nn.Linear) and own:
-            head = own
-    return names | set(head)
+        has_embedding |= isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+        if isinstance(sub, torch.nn.Linear) and sub.weight.dim() == 2:
+            linears.append(prefix + "weight")
+        elif isinstance(sub, torch.nn.MultiheadAttention):
+            attention += [prefix + n for n, p in sub.named_parameters(recurse=False) if p.dim() == 2]
+    hidden = linears[(0 if has_embedding else 1):-1]
+    return set(hidden) | set(attention)
 
 
 def block_layers(module: torch.nn.Module) -> tuple[dict[str, int], int]:
@@ -155,11 +162,11 @@ def assign(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "enc
 
 def _split_muon(module: torch.nn.Module, config: OptimizerConfig, out: list[Assignment]) -> list[Assignment]:
     """Muon for 2-D hidden matrices, AdamW (``<group>/adamw``, at its own LR) for the rest."""
-    aside, rules = adamw_names(module), config.param_groups or []
+    hidden, rules = hidden_matrices(module), config.param_groups or []
     split = []
     for a in out:
         forced = None if a.rule is None else rules[a.rule].muon
-        muon = forced if forced is not None else len(a.shape) == 2 and a.parameter not in aside
+        muon = forced if forced is not None else a.parameter in hidden
         if muon and len(a.shape) != 2:
             raise ConfigError(Problem(f"optimizer.param_groups.{a.rule}.muon", f"true, but '{a.parameter}' has shape "
                                       f"{list(a.shape)}; Muon updates 2-D matrices only"))

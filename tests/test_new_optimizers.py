@@ -117,6 +117,19 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
         id(p) for n, p in model.named_parameters() if n in muon}
 
 
+def test_without_an_embedding_the_input_layer_and_position_table_go_to_adamw():
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(3, 8)
+            self.position = nn.Parameter(torch.zeros(5, 8))
+            self.hidden = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+            self.out = nn.Linear(8, 2)
+
+    where = {a.parameter: a.muon for a in assign(Projected(), muon_config())}
+    assert sorted(n for n, m in where.items() if m) == ["hidden.0.weight", "hidden.2.weight"]
+
+
 def test_a_rule_overrides_where_a_group_goes():
     config = muon_config(param_groups=[{"name": "ffn", "match": "*.linear1", "muon": False}])
     where = {a.parameter: (a.group, a.muon) for a in assign(SmallTransformer(), config)}
@@ -227,10 +240,13 @@ def test_layer_decay_needs_blocks():
 
 
 def test_lbfgs_takes_one_group():
-    config = parse(class_name="lbfgs", learning_rate=0.5, param_groups=[{"name": "w", "match": "weight"}])
+    assert errors(class_name="lbfgs", learning_rate=0.5, param_groups=[{"name": "w", "match": "weight"}]) == [
+        "optimizer.param_groups: lbfgs takes one param group; remove param_groups, or choose another optimizer"]
+    model = nn.Linear(2, 2)
+    groups = [{"params": [model.weight], "name": "w"}, {"params": [model.bias], "name": "b"}]
     with pytest.raises(ConfigError, match=r"^optimizer.class_name: lbfgs takes one param group, and these parameters "
-                                          r"form 2 \(w, default\)"):
-        from_config(config, nn.Linear(2, 2))
+                                          r"form 2 \(w, b\)"):
+        from_config(parse(class_name="lbfgs", learning_rate=0.5), groups)
 
 
 def test_the_issue_s_muon_wsd_section_validates():
