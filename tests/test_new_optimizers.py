@@ -253,3 +253,13 @@ def test_the_issue_s_muon_wsd_section_validates():
     config = parse(class_name="muon", learning_rate=0.02, warmup_steps=100, training_steps=1000, scheduler="wsd")
     [optimizer], [scheduler] = from_config(config, SmallTransformer())
     assert scheduler["name"] == "wsd" and type(optimizer) is MuonWithAdamW
+
+
+def test_kiwi_optim_validate_accepts_the_muon_wsd_section(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("optimizer:\n  class_name: muon\n  learning_rate: 0.02\n  warmup_steps: 100\n"
+                      "  training_steps: 1000\n  scheduler: wsd\n")
+    result = subprocess.run([sys.executable, "-m", "kiwi_pipe_optim.cli", "validate", "--optimizer-only",
+                             str(params)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "class_name: muon" in result.stdout and "scheduler: wsd" in result.stdout
