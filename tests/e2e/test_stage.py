@@ -145,8 +145,8 @@ def test_a_finding_is_printed_once_and_the_kernel_used_is_logged(repo_factory):
     line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("warmup_steps:"))
     assert [x for x in result.stderr.splitlines() if "warmup_steps" in x] == [
         f"kiwi-pipe-optim: WARNING: params.yaml:{line}: warning: optimizer.warmup_steps: 10 is not used by the "
-        "plateau schedule; remove it or choose a schedule with warm-up: constant, cosine, inverse_sqrt, linear, "
-        "noam, polynomial"]
+        "plateau schedule; remove it or choose a schedule with warm-up: constant, cosine, cosine_restarts, "
+        "exponential, inverse_sqrt, linear, multistep, noam, one_cycle, polynomial, step, wsd"]
     _, run = only_run(repo)
     assert run.data.params["resolved.schedule"] == "plateau"
     assert run.data.params["resolved.implementation"] == "fused"  # auto: torch's fused SGD exists on CPU
