@@ -77,11 +77,12 @@ class _KiwiLogger:
 
         self.tracker.log_params(flatten(dict(params or {})))
 
-    def persist(self) -> int:
-        """Journal what is buffered; return the journal's length (what a checkpoint records)."""
+    def persist(self, durable: bool = False) -> int:
+        """Journal what is buffered; return the journal's length (what a checkpoint records,
+        ``durable`` then)."""
         if self.journal is None:
             return 0
-        size = self.journal.append(materialize(self._buffer))
+        size = self.journal.append(materialize(self._buffer), durable)
         self._buffer.clear()
         return size
 
