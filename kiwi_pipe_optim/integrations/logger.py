@@ -73,7 +73,7 @@ class _KiwiLogger:
             return
         if isinstance(params, Namespace):
             params = vars(params)
-        from .store import flatten
+        from .mlflow import flatten
 
         self.tracker.log_params(flatten(dict(params or {})))
 
@@ -132,8 +132,7 @@ def mlflow_logger(tracking_uri: str | None = None, experiment_name: str = "kiwi-
         >>> trainer = L.Trainer(logger=mlflow_logger("sqlite:///mlflow.db"),  # doctest: +SKIP
         ...                     callbacks=[lr_monitor()])
     """
-    from .mlflow import MlflowRun
-    from .store import tracking_uri as default_uri
+    from .mlflow import MlflowRun, tracking_uri as default_uri
 
     tracker = MlflowRun(tracking_uri or default_uri(None, Path.cwd()), experiment_name, run_name, dict(tags or {}),
                         flush_interval_s=flush_interval_s)

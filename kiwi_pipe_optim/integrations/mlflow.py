@@ -14,21 +14,130 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 from ..errors import ConfigError, Problem
 from .journal import Journal, materialize
-from .store import check_reachable, client_for, is_remote, retrying
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
+DEFAULT_DB = "mlflow.db"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+MAX_PARAM_LENGTH = 6000
 SERVER_DOWN_STATUS = 3  # the sender process's exit status when a tracking server did not answer
+
+
+def tracking_uri(configured: str | None, root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the params' ``mlflow.tracking_uri``, else a sqlite
+    store ``mlflow.db`` at the repository root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    return f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
+
+
+def is_lock_error(error: BaseException) -> bool:
+    """Whether a store call lost a race for sqlite's write lock (MLflow wraps sqlalchemy's
+    ``OperationalError``, which wraps sqlite3's, in an ``MlflowException``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        cause = getattr(seen, "orig", None) if not isinstance(seen, sqlite3.OperationalError) else seen
+        if isinstance(cause, sqlite3.OperationalError):
+            return "locked" in str(cause) or "busy" in str(cause)
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+LOCK_ATTEMPTS = 8
+
+
+def _retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Retry a store call that lost a race for the sqlite write lock; anything else is raised."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:
+            if not is_lock_error(e) or attempt == LOCK_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
+
+
+def client_for(uri: str) -> Any:
+    """An ``MlflowClient`` whose store exists: a new sqlite store is created and migrated once,
+    under a file lock, because concurrent first-time migrations corrupt it."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None:
+        client = MlflowClient(tracking_uri=uri)
+        _retrying(client.search_experiments, max_results=1)
+        return client
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri)
+        _retrying(client.search_experiments, max_results=1)
+    return client
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as DVC names them (``optimizer.learning_rate``), values as MLflow strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def check_reachable(uri: str, field: str, timeout: float = 5.0,
+                    fix: str = "or unset it to log to sqlite:///mlflow.db") -> None:
+    """Fail fast, before any training, when a tracking server cannot be reached.
+
+    Raises:
+        ConfigError: naming ``field`` (where the URI came from), the URI and the reason.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answered: authentication and the like are MLflow's to report
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
+                                  f"`mlflow server --host 127.0.0.1 --port 5000`), {fix}")) from None
+
+
+def is_remote(uri: str) -> bool:
+    """A tracking server (rather than a store this process writes itself), which may go away."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
 
 
 class MetricSender:
@@ -58,7 +167,7 @@ class MetricSender:
         for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
             batch = [Metric(*v) for v in values if (v[0], v[3]) not in self.skip]
             if batch:
-                retrying(self.client.log_batch, self.run_id, metrics=batch)
+                _retrying(self.client.log_batch, self.run_id, metrics=batch)
             self.journal.mark_sent(offset)
 
     def server_down(self, error: Exception) -> None:
@@ -96,7 +205,7 @@ class MlflowRun:
         self._stored_params: dict[str, str] = {}
         run = self._reopen(resume_run_id, tags) if resume_run_id else None
         if run is None:
-            run = retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
+            run = _retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self._owns_journal = journal is None
@@ -148,7 +257,7 @@ class MlflowRun:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if "mlflow.experimentKind" not in found.tags:
-                retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+                _retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
             return found.experiment_id
         location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
         try:
@@ -166,7 +275,7 @@ class MlflowRun:
         resumed run logged into a new MLflow run would silently split one run's curves in two.
         """
         try:
-            run = retrying(self.client.get_run, run_id)
+            run = _retrying(self.client.get_run, run_id)
         except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -179,17 +288,17 @@ class MlflowRun:
                            run_id, self.uri)
             return None
         self._stored_params = dict(run.data.params)
-        retrying(self.client.update_run, run_id, status="RUNNING")
+        _retrying(self.client.update_run, run_id, status="RUNNING")
         self.set_tags(tags, run_id)
         return run
 
     def close_interrupted(self, run_id: str) -> None:
         """End a run an interrupted process left RUNNING: KILLED, tagged with this run."""
         try:
-            run = retrying(self.client.get_run, run_id)
+            run = _retrying(self.client.get_run, run_id)
             if run.info.status == "RUNNING":
-                retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
-                retrying(self.client.set_terminated, run_id, "KILLED")
+                _retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
+                _retrying(self.client.set_terminated, run_id, "KILLED")
                 logger.info("the interrupted MLflow run %s is marked KILLED; this run replaces it", run_id)
         except Exception as e:  # gone, or on another server: nothing left to close here
             logger.info("the interrupted MLflow run %s could not be closed (%s)", run_id, str(e).splitlines()[0][:120])
@@ -207,7 +316,7 @@ class MlflowRun:
         while self._pending_params:
             chunk = dict(list(self._pending_params.items())[:MAX_PARAMS_PER_BATCH])
             try:
-                retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
+                _retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
             except Exception as e:
                 if not is_remote(self.uri):
                     raise
@@ -221,7 +330,7 @@ class MlflowRun:
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+            _retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
     def add(self, key: str, value: Any, step: int, timestamp: int | None = None) -> None:
         """Buffer one value (a float, or a tensor moved at the next flush)."""
@@ -277,7 +386,7 @@ class MlflowRun:
         finally:
             if self._down_since is None:
                 try:
-                    retrying(self.client.set_terminated, self.run_id, status)
+                    _retrying(self.client.set_terminated, self.run_id, status)
                     if self._owns_journal:
                         self.journal.delete()
                         self.journal.path.parent.rmdir()

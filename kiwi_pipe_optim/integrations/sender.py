@@ -35,8 +35,7 @@ from pathlib import Path
 
 from .journal import Journal
 from .mlflow import SERVER_DOWN_STATUS as SERVER_DOWN
-from .mlflow import MetricSender
-from .store import is_remote
+from .mlflow import MetricSender, is_remote
 
 logger = logging.getLogger("kiwi_pipe_optim")
 

@@ -167,8 +167,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
     tracker = None
     try:
         if params.mlflow.enabled and rank_zero:
-            from .mlflow import MlflowRun
-            from .store import check_reachable, is_remote, tracking_uri
+            from .mlflow import MlflowRun, check_reachable, is_remote, tracking_uri
 
             root = repository_root()
             uri = tracking_uri(params.mlflow.tracking_uri, root)
@@ -227,7 +226,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
     status = "FAILED"
     try:
         if tracker is not None:
-            from .store import flatten
+            from .mlflow import flatten
 
             tracker.log_params(flatten(params.raw))
         trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver], run_logger))
@@ -276,8 +275,7 @@ def _close_finished(record: dict[str, Any], params: StageParams, out_dir: Path) 
     logger.info("the last run finished but was killed before it could exit; its outputs are restored and "
                 "nothing trains again")
     if params.mlflow.enabled and record.get("run_id"):
-        from .mlflow import MlflowRun
-        from .store import tracking_uri
+        from .mlflow import MlflowRun, tracking_uri
 
         uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
         journal = Journal(out_dir / JOURNAL_FILE)  # what it had not sent yet, if anything
