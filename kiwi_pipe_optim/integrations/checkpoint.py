@@ -229,7 +229,7 @@ class _Checkpointer:
         if hasattr(loader, "mark_consumed"):
             loader.mark_consumed(len(loader) if consumed == math.inf else int(consumed))
         self._saved_step = trainer.global_step
-        self._journal_offset = _persist(trainer, durable=True)
+        self._journal_offset = _persist(trainer)
         self._persist_due = True
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
@@ -242,9 +242,9 @@ class _Checkpointer:
             os.replace(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
 
 
-def _persist(trainer: Any, durable: bool = False) -> int:
+def _persist(trainer: Any) -> int:
     """Journal what our logger holds; the journal's length (0 without our logger)."""
-    sizes = [logger.persist(durable) for logger in trainer.loggers if hasattr(logger, "persist")]
+    sizes = [logger.persist() for logger in trainer.loggers if hasattr(logger, "persist")]
     return sizes[0] if sizes else 0
 
 

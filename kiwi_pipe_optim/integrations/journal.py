@@ -53,35 +53,27 @@ class Journal:
         tmp.write_text(str(offset))
         os.replace(tmp, self._sent_file)
 
-    def append(self, values: list[Value], durable: bool = False) -> int:
-        """Write ``values``; return the journal's new length in bytes.
-
-        ``durable`` (fsync) is for the length a checkpoint records. Other appends need not pay
-        for it: a killed process's writes survive it, and what a machine crash loses past the
-        checkpoint, the resumed run logs again.
-        """
+    def append(self, values: list[Value]) -> int:
+        """Write ``values`` durably; return the journal's new length in bytes."""
         if not values:
             return self.size
-        keys, numbers, stamps, steps = zip(*values)
-        index = self._index
-        new = [key for key in dict.fromkeys(keys) if key not in index]
-        for key in new:
-            index[key] = len(self.keys)
+        new = [key for key, *_ in values if key not in self._index]
+        for key in dict.fromkeys(new):
+            self._index[key] = len(self.keys)
             self.keys.append(key)
-        if new:  # before the records that name them: the sender process reads them in that order
+        if new:
             tmp = self._keys_file.with_name(self._keys_file.name + ".tmp")
             tmp.write_text(json.dumps(self.keys))
             os.replace(tmp, self._keys_file)
         records = np.empty(len(values), dtype=RECORD)
-        records["key"] = [index[key] for key in keys]
-        records["value"] = numbers
-        records["timestamp"] = stamps
-        records["step"] = steps
+        records["key"] = [self._index[key] for key, *_ in values]
+        records["value"] = [value for _, value, _, _ in values]
+        records["timestamp"] = [ts for _, _, ts, _ in values]
+        records["step"] = [step for *_, step in values]
         with open(self.path, "ab") as f:
             f.write(records.tobytes())
             f.flush()
-            if durable:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
             return f.tell()
 
     def records(self, start: int = 0, end: int | None = None) -> np.ndarray:
@@ -133,9 +125,7 @@ def materialize(values: list[tuple[str, object, int, int]]) -> list[Value]:
     for i in tensors:
         by_device.setdefault(values[i][1].device, []).append(i)  # type: ignore[union-attr]
     for indices in by_device.values():
-        with torch.no_grad():  # one stack (it promotes mixed dtypes), one conversion: not one per value
-            scalars = [values[i][1] for i in indices]
-            stacked = torch.stack([t if t.dim() == 0 else t.reshape(()) for t in scalars]).to(torch.float64)  # type: ignore
+        stacked = torch.stack([values[i][1].detach().reshape(()).to(torch.float64) for i in indices])  # type: ignore
         for i, number in zip(indices, stacked.cpu().tolist()):
             key, _, ts, step = values[i]
             out[i] = (key, number, ts, step)

@@ -117,7 +117,6 @@ class _StepRecorder:
         self._loss_count = 0
         self._logged_step = -1
         self._momentum: dict[str, float] = {}
-        self._plans: dict[int, tuple[int, list[tuple[int, str, str, str]]]] = {}
         self._started: float | None = None
         self.seconds = 0.0
 
@@ -140,36 +139,20 @@ class _StepRecorder:
             self.on_resolved(resolved, list(trainer.optimizers))
         self._started = time.perf_counter()
 
-    def _plan(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, str, str]]:
-        """``(index, lr key, momentum key, group)`` of the first torch group of every param group
-        (the halves of a group split by weight decay share its LR): names worked out once, not
-        at every step."""
-        groups = optimizer.param_groups
-        known = self._plans.get(id(optimizer))
-        if known is not None and known[0] == len(groups):
-            return known[1]
-        plan, seen = [], set()
-        for index, name in enumerate(group_names(optimizer)):
-            name = lr_group(name)
-            if name not in seen:
-                seen.add(name)
-                plan.append((index, f"lr/{name}", f"momentum/{name}", name))
-        self._plans[id(optimizer)] = (len(groups), plan)
-        return plan
-
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
         if not trainer.is_global_zero or not trainer.loggers:
             return
         values: dict[str, float] = {}
-        groups = optimizer.param_groups
-        for index, lr_key, momentum_key, name in self._plan(optimizer):
-            group = groups[index]
-            values[lr_key] = float(group["lr"])
-            momentum = group["momentum"] if "momentum" in group else group.get("betas", (None,))[0]
+        for name, group in zip(group_names(optimizer), optimizer.param_groups):
+            name = lr_group(name)
+            if f"lr/{name}" in values:  # the halves of a group split by weight decay share its LR
+                continue
+            values[f"lr/{name}"] = float(group["lr"])
+            momentum = group.get("momentum", group.get("betas", (None,))[0])
             if isinstance(momentum, (int, float)) and self._momentum.get(name) != momentum:
                 # constant for most optimizers: logged when it changes, not 8 values a step for nothing
                 self._momentum[name] = float(momentum)
-                values[momentum_key] = float(momentum)
+                values[f"momentum/{name}"] = float(momentum)
         self._log(trainer, values, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -181,8 +164,7 @@ class _StepRecorder:
         step = trainer.global_step - 1  # the optimizer step this batch completed, if any
         if step > self._logged_step and self._loss_count:
             if trainer.is_global_zero and trainer.loggers:
-                mean = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
-                self._log(trainer, {"train_loss": mean}, step)
+                self._log(trainer, {"train_loss": self._loss_sum / self._loss_count}, step)
             self._loss_sum, self._loss_count, self._logged_step = None, 0, step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

@@ -77,12 +77,11 @@ class _KiwiLogger:
 
         self.tracker.log_params(flatten(dict(params or {})))
 
-    def persist(self, durable: bool = False) -> int:
-        """Journal what is buffered; return the journal's length (what a checkpoint records,
-        ``durable`` then)."""
+    def persist(self) -> int:
+        """Journal what is buffered; return the journal's length (what a checkpoint records)."""
         if self.journal is None:
             return 0
-        size = self.journal.append(materialize(self._buffer), durable)
+        size = self.journal.append(materialize(self._buffer))
         self._buffer.clear()
         return size
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -53,11 +52,7 @@ class Sender:
             skip_file = journal.path.with_name(journal.path.name + ".skip")
             skip_file.write_text(json.dumps(sorted(skip)))
         read, self._wake = os.pipe()
-        # This very copy of the package, not one that the working directory may hold.
-        package_root = str(Path(__file__).resolve().parents[2])
-        start = f"import runpy, sys; sys.path.insert(0, {package_root!r}); runpy.run_module({__name__!r}, " \
-                f"run_name='__main__', alter_sys=True)"
-        command = [sys.executable, "-c", start, "--journal", str(journal.path.resolve()), "--uri", uri,
+        command = [sys.executable, "-m", __name__, "--journal", str(journal.path.resolve()), "--uri", uri,
                    "--run-id", run_id, "--parent", str(os.getpid())]
         if skip_file is not None:
             command += ["--skip", str(skip_file)]
@@ -136,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--skip")
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group: the training process ends the run, and this one
-    # goes on until it has sent what that journaled.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kiwi-pipe-optim: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
