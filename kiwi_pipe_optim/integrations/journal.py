@@ -85,19 +85,12 @@ class Journal:
         return np.fromfile(self.path, dtype=RECORD, count=count, offset=start)
 
     def values(self, start: int = 0, end: int | None = None, chunk: int = 1000) -> Iterator[tuple[int, list[Value]]]:
-        """``(offset after the chunk, values)`` chunk by chunk, for sending. Read one chunk at a
-        time, so that a long backlog (a server down for hours) costs one chunk of memory."""
-        end = self.size if end is None else min(end, self.size)
-        while end - start >= RECORD.itemsize:
-            part = self.records(start, min(end, start + chunk * RECORD.itemsize))
-            if int(part["key"].max()) >= len(self.keys):
-                self.reload_keys()  # another process (the one training) journaled a new key
-            start += len(part) * RECORD.itemsize
-            yield start, [(self.keys[k], v, t, s) for k, s, v, t in part.tolist()]
-
-    def reload_keys(self) -> None:
-        self.keys = json.loads(self._keys_file.read_text()) if self._keys_file.exists() else []
-        self._index = {k: i for i, k in enumerate(self.keys)}
+        """``(offset after the chunk, values)`` chunk by chunk, for sending."""
+        records = self.records(start, end)
+        for i in range(0, len(records), chunk):
+            part = records[i:i + chunk]
+            yield start + (i + len(part)) * RECORD.itemsize, [
+                (self.keys[k], v, t, s) for k, s, v, t in part.tolist()]
 
     def truncate(self, offset: int) -> None:
         """Cut the journal back to ``offset`` bytes (a checkpoint's length): what a crashed run
@@ -108,7 +101,7 @@ class Journal:
             self.mark_sent(offset)
 
     def delete(self) -> None:
-        for path in (self.path, self._keys_file, self._sent_file, self.path.with_name(self.path.name + ".skip")):
+        for path in (self.path, self._keys_file, self._sent_file):
             path.unlink(missing_ok=True)
 
 

@@ -3,11 +3,10 @@
 A synchronous ``log_metric`` on a sqlite store costs milliseconds (several SQL statements and
 commits), more than a small model's optimizer step. ``log_batch`` amortises that: measured here,
 ~100 µs per value in batches of 70 but ~45 µs in batches of 700, since each batch also pays a few
-milliseconds of queries and a commit. Even so, sending in the training process cost the 8-group
-benchmark model a quarter of its steps (MLflow's ORM work for every value), and a sender thread
-did not help (the GIL). So the stage sends from a second process (:mod:`.sender`) that follows
-the journal; :class:`MlflowRun` sends synchronously only without one (``kiwi-optim``'s own
-uses, a sender that died).
+milliseconds of queries and a commit. Sending it from a thread or a process does not help on a
+small CPU machine: it competes with torch's own threads for the cores. So values are journaled
+and sent synchronously, in few large batches, at most every ``flush_interval_s`` seconds, and
+always at the end of training and on failure.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ DEFAULT_DB = "mlflow.db"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-SERVER_DOWN_STATUS = 3  # the sender process's exit status when a tracking server did not answer
 
 
 def tracking_uri(configured: str | None, root: Path) -> str:
@@ -140,49 +138,6 @@ def is_remote(uri: str) -> bool:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
 
 
-class MetricSender:
-    """Sends what a journal holds past its ``sent`` marker to one run, in batches of up to
-    :data:`MAX_METRICS_PER_BATCH`, marking each batch sent; in the training process or in the
-    sender process. ``skip``: the ``(key, step)`` a resumed run logs again that MLflow holds."""
-
-    def __init__(self, uri: str, run_id: str, journal: Journal, skip: set[tuple[str, int]], client: Any = None):
-        self.uri = uri
-        self.run_id = run_id
-        self.journal = journal
-        self.skip = skip
-        self._client = client
-        self.down_since: float | None = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri)
-        return self._client
-
-    def send_metrics(self) -> None:
-        from mlflow.entities import Metric
-
-        for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
-            batch = [Metric(*v) for v in values if (v[0], v[3]) not in self.skip]
-            if batch:
-                _retrying(self.client.log_batch, self.run_id, metrics=batch)
-            self.journal.mark_sent(offset)
-
-    def server_down(self, error: Exception) -> None:
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
-                           "when the server is back", self.uri, reason, self.journal.path)
-
-    def server_back(self) -> None:
-        if self.down_since is not None:
-            logger.warning("MLflow at %s is back; every spooled value has been sent", self.uri)
-            self.down_since = None
-
-
 class MlflowRun:
     """One MLflow run fed from a :class:`~.journal.Journal`: what is in the journal and not yet
     in MLflow is sent in batches; ``add`` and ``flush`` journal and send values directly.
@@ -215,43 +170,7 @@ class MlflowRun:
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
-        self._metrics = MetricSender(uri, self.run_id, self.journal, self._stored, client=self.client)
-        self._sender: Any = None
-
-    @property
-    def _down_since(self) -> float | None:
-        return self._metrics.down_since
-
-    @_down_since.setter
-    def _down_since(self, value: float | None) -> None:
-        self._metrics.down_since = value
-
-    @property
-    def background(self) -> bool:
-        """Whether a sender process sends the metrics (see :mod:`.sender`)."""
-        return self._sender is not None
-
-    def start_sender(self, lock_fd: int | None = None) -> None:
-        """Send metrics from a second process from now on; ``lock_fd`` (the journal's lock, see
-        :func:`.sender.lock_journal`) passes to it. Where it cannot start, this process sends."""
-        from .sender import Sender
-
-        if self._sender is None:
-            try:
-                self._sender = Sender(self.journal, self.uri, self.run_id, self._stored, lock_fd)
-            except OSError as e:
-                logger.warning("no MLflow sender process (%s); values are sent from the training process", e)
-
-    def _stop_sender(self) -> int:
-        """Wait for the sender to send what is journaled; its exit status."""
-        status, self._sender = self._sender.stop(), None
-        if status == SERVER_DOWN_STATUS:
-            if self._down_since is None:  # it has said so
-                self._down_since = time.monotonic()
-        elif status != 0:
-            logger.warning("the MLflow sender process exited with status %s; the training process sends from now on",
-                           status)
-        return status
+        self._down_since: float | None = None
 
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -345,16 +264,18 @@ class MlflowRun:
         self.send()
 
     def send(self) -> None:
-        """Send what the journal holds past what MLflow has (with a sender process: wake it); a
-        server that does not answer keeps it there for the next send."""
+        """Send what the journal holds past what MLflow has; a server that does not answer keeps
+        it there for the next send."""
+        from mlflow.entities import Metric
+
         self._last_flush = time.monotonic()
         self._send_params()
-        if self._sender is not None:
-            if self._sender.wake():
-                return
-            self._stop_sender()
         try:
-            self._metrics.send_metrics()
+            for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
+                batch = [Metric(*v) for v in values if (v[0], v[3]) not in self._stored]
+                if batch:
+                    _retrying(self.client.log_batch, self.run_id, metrics=batch)
+                self.journal.mark_sent(offset)
         except Exception as e:
             if not is_remote(self.uri):
                 raise
@@ -365,7 +286,11 @@ class MlflowRun:
             self._down_since = None
 
     def _server_down(self, error: Exception) -> None:
-        self._metrics.server_down(error)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
+                           "when the server is back", self.uri, reason, self.journal.path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         try:
@@ -379,10 +304,7 @@ class MlflowRun:
     def end(self, status: str) -> None:
         """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""
         try:
-            self.journal.append(materialize(self._buffer))
-            self._buffer.clear()
-            if self._sender is None or self._stop_sender() != SERVER_DOWN_STATUS:
-                self.send()
+            self.flush()
         finally:
             if self._down_since is None:
                 try:
