@@ -6,6 +6,7 @@ import pytest
 
 from kiwi_pipe_optim import ConfigError
 from kiwi_pipe_optim.integrations import mlflow as kmlflow
+from kiwi_pipe_optim.integrations import store as kstore
 
 
 @pytest.fixture
@@ -31,15 +32,15 @@ def test_an_error_other_than_the_lock_is_not_retried(store):
         return run.client.get_run("0" * 32)
 
     with pytest.raises(Exception) as missing:
-        kmlflow._retrying(get_missing_run)
-    assert len(calls) == 1 and not kmlflow.is_lock_error(missing.value)
+        kstore.retrying(get_missing_run)
+    assert len(calls) == 1 and not kstore.is_lock_error(missing.value)
 
 
 def test_a_run_that_cannot_be_reopened_is_refused_not_forked(store, monkeypatch):
     """A store locked by another process (MLflow waits 20 s for it) refuses the resume in one
     line; a deleted run is replaced by a new one."""
     db, uri, run = store
-    monkeypatch.setattr(kmlflow, "LOCK_ATTEMPTS", 1)
+    monkeypatch.setattr(kstore, "LOCK_ATTEMPTS", 1)
     holder = hold_lock(db)
     try:
         with pytest.raises(ConfigError, match=rf"^checkpoint: cannot reopen the MLflow run {run.run_id} the "
@@ -48,7 +49,7 @@ def test_a_run_that_cannot_be_reopened_is_refused_not_forked(store, monkeypatch)
             run._reopen(run.run_id, {})
     finally:
         holder.close()
-    assert kmlflow.is_lock_error(refused.value.__cause__)
+    assert kstore.is_lock_error(refused.value.__cause__)
     run.client.delete_run(run.run_id)
     assert run._reopen(run.run_id, {}) is None
     again = kmlflow.MlflowRun(uri, "exp", "second", {}, resume_run_id="f" * 32)

@@ -31,7 +31,7 @@ from ..errors import ConfigError, Problem
 from ..param_groups import group_names
 from ..schedules import SCHEDULE_SPECS, evaluate
 from ..state import safe_load
-from .mlflow import flatten
+from .store import flatten
 
 FORMAT = "kiwi-pipe-optim/resume"
 CHECKPOINT_FILE = Path(".kiwi-pipe-optim") / "checkpoints" / "train.ckpt"

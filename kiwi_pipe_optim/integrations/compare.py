@@ -25,7 +25,7 @@ class RunSummary:
 
 
 def default_uri() -> str:
-    from .mlflow import tracking_uri
+    from .store import tracking_uri
     from .stage import repository_root
 
     return tracking_uri(None, repository_root())

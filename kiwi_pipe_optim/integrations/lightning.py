@@ -117,6 +117,7 @@ class _StepRecorder:
         self._loss_count = 0
         self._logged_step = -1
         self._momentum: dict[str, float] = {}
+        self._plans: dict[int, tuple[int, list[tuple[int, str, str, str]]]] = {}
         self._started: float | None = None
         self.seconds = 0.0
 
@@ -128,32 +129,52 @@ class _StepRecorder:
         self._loss_sum, self._loss_count, self._logged_step = (state["loss_sum"], state["loss_count"],
                                                                state["logged_step"])
 
-    @staticmethod
-    def _log(trainer: Any, metrics: dict[str, Any], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         resolved = getattr(pl_module, "kiwi_resolved", None)
         if resolved is not None and self.on_resolved is not None and trainer.is_global_zero:
             self.on_resolved(resolved, list(trainer.optimizers))
+        expecting = [logger for logger in trainer.loggers if hasattr(logger, "expect_steps")]
+        if expecting:
+            steps = run_step_count(trainer)
+            for logger in expecting:
+                logger.expect_steps(steps)
         self._started = time.perf_counter()
 
-    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
-        if not trainer.is_global_zero or not trainer.loggers:
-            return
-        values: dict[str, float] = {}
-        for name, group in zip(group_names(optimizer), optimizer.param_groups):
+    def _plan(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, str, str]]:
+        """``(index, lr key, momentum key, group)`` of the first torch group of every param group
+        (the halves of a group split by weight decay share its LR): names worked out once, not
+        at every step."""
+        groups = optimizer.param_groups
+        known = self._plans.get(id(optimizer))
+        if known is not None and known[0] == len(groups):
+            return known[1]
+        plan, seen = [], set()
+        for index, name in enumerate(group_names(optimizer)):
             name = lr_group(name)
-            if f"lr/{name}" in values:  # the halves of a group split by weight decay share its LR
-                continue
-            values[f"lr/{name}"] = float(group["lr"])
-            momentum = group.get("momentum", group.get("betas", (None,))[0])
-            if isinstance(momentum, (int, float)) and self._momentum.get(name) != momentum:
+            if name not in seen:
+                seen.add(name)
+                plan.append((index, f"lr/{name}", f"momentum/{name}", name))
+        self._plans[id(optimizer)] = (len(groups), plan)
+        return plan
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        loggers = trainer.loggers
+        if not loggers or not trainer.is_global_zero:
+            return
+        groups = optimizer.param_groups
+        values: dict[str, Any] = {}
+        last = self._momentum
+        for index, lr_key, momentum_key, name in self._plan(optimizer):
+            group = groups[index]
+            values[lr_key] = group["lr"]
+            momentum = group["momentum"] if "momentum" in group else group.get("betas", (None,))[0]
+            if momentum != last.get(name) and isinstance(momentum, (int, float)):
                 # constant for most optimizers: logged when it changes, not 8 values a step for nothing
-                self._momentum[name] = float(momentum)
-                values[f"momentum/{name}"] = float(momentum)
-        self._log(trainer, values, trainer.global_step)
+                last[name] = momentum
+                values[momentum_key] = float(momentum)
+        step = trainer.global_step
+        for logger in loggers:
+            logger.log_metrics(values, step=step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -163,8 +184,11 @@ class _StepRecorder:
             self._loss_count += 1
         step = trainer.global_step - 1  # the optimizer step this batch completed, if any
         if step > self._logged_step and self._loss_count:
-            if trainer.is_global_zero and trainer.loggers:
-                self._log(trainer, {"train_loss": self._loss_sum / self._loss_count}, step)
+            loggers = trainer.loggers
+            if loggers and trainer.is_global_zero:
+                mean = self._loss_sum if self._loss_count == 1 else self._loss_sum / self._loss_count
+                for logger in loggers:
+                    logger.log_metrics({"train_loss": mean}, step=step)
             self._loss_sum, self._loss_count, self._logged_step = None, 0, step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

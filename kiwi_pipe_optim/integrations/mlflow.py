@@ -3,10 +3,11 @@
 A synchronous ``log_metric`` on a sqlite store costs milliseconds (several SQL statements and
 commits), more than a small model's optimizer step. ``log_batch`` amortises that: measured here,
 ~100 µs per value in batches of 70 but ~45 µs in batches of 700, since each batch also pays a few
-milliseconds of queries and a commit. Sending it from a thread or a process does not help on a
-small CPU machine: it competes with torch's own threads for the cores. So values are journaled
-and sent synchronously, in few large batches, at most every ``flush_interval_s`` seconds, and
-always at the end of training and on failure.
+milliseconds of queries and a commit. Even so, sending in the training process cost the 8-group
+benchmark model a quarter of its steps (MLflow's ORM work for every value), and a sender thread
+did not help (the GIL). So the stage sends from a second process (:mod:`.sender`) that follows
+the journal; :class:`MlflowRun` sends synchronously only without one (``kiwi-optim``'s own
+uses, a sender that died).
 """
 
 from __future__ import annotations
@@ -14,128 +15,64 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 from ..errors import ConfigError, Problem
 from .journal import Journal, materialize
+from .store import check_reachable, client_for, is_remote, retrying
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
-DEFAULT_DB = "mlflow.db"
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
-MAX_PARAM_LENGTH = 6000
-
-
-def tracking_uri(configured: str | None, root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the params' ``mlflow.tracking_uri``, else a sqlite
-    store ``mlflow.db`` at the repository root."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if configured:
-        return configured
-    return f"sqlite:///{(root / DEFAULT_DB).resolve()}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
-
-
-def is_lock_error(error: BaseException) -> bool:
-    """Whether a store call lost a race for sqlite's write lock (MLflow wraps sqlalchemy's
-    ``OperationalError``, which wraps sqlite3's, in an ``MlflowException``)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        cause = getattr(seen, "orig", None) if not isinstance(seen, sqlite3.OperationalError) else seen
-        if isinstance(cause, sqlite3.OperationalError):
-            return "locked" in str(cause) or "busy" in str(cause)
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-LOCK_ATTEMPTS = 8
-
-
-def _retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """Retry a store call that lost a race for the sqlite write lock; anything else is raised."""
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            return call(*args, **kwargs)
-        except Exception as e:
-            if not is_lock_error(e) or attempt == LOCK_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
-
-
-def client_for(uri: str) -> Any:
-    """An ``MlflowClient`` whose store exists: a new sqlite store is created and migrated once,
-    under a file lock, because concurrent first-time migrations corrupt it."""
-    from mlflow.tracking import MlflowClient
-
-    db = sqlite_path(uri)
-    if db is None:
-        client = MlflowClient(tracking_uri=uri)
-        _retrying(client.search_experiments, max_results=1)
-        return client
-    from filelock import FileLock
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(db.with_name(db.name + ".lock")):
-        client = MlflowClient(tracking_uri=uri)
-        _retrying(client.search_experiments, max_results=1)
-    return client
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as DVC names them (``optimizer.learning_rate``), values as MLflow strings."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            text = value if isinstance(value, str) else json.dumps(value, default=str)
-            flat[name] = text[:MAX_PARAM_LENGTH]
-    return flat
-
-
-def check_reachable(uri: str, field: str, timeout: float = 5.0,
-                    fix: str = "or unset it to log to sqlite:///mlflow.db") -> None:
-    """Fail fast, before any training, when a tracking server cannot be reached.
-
-    Raises:
-        ConfigError: naming ``field`` (where the URI came from), the URI and the reason.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # something answered: authentication and the like are MLflow's to report
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
-                                  f"`mlflow server --host 127.0.0.1 --port 5000`), {fix}")) from None
-
-
-def is_remote(uri: str) -> bool:
-    """A tracking server (rather than a store this process writes itself), which may go away."""
-    return uri.startswith(("http://", "https://", "databricks"))
-
-
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+SERVER_DOWN_STATUS = 3  # the sender process's exit status when a tracking server did not answer
+
+
+class MetricSender:
+    """Sends what a journal holds past its ``sent`` marker to one run, in batches of up to
+    :data:`MAX_METRICS_PER_BATCH`, marking each batch sent; in the training process or in the
+    sender process. ``skip``: the ``(key, step)`` a resumed run logs again that MLflow holds."""
+
+    def __init__(self, uri: str, run_id: str, journal: Journal, skip: set[tuple[str, int]], client: Any = None):
+        self.uri = uri
+        self.run_id = run_id
+        self.journal = journal
+        self.skip = skip
+        self._client = client
+        self.down_since: float | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def send_metrics(self) -> None:
+        from mlflow.entities import Metric
+
+        for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
+            batch = [Metric(*v) for v in values if (v[0], v[3]) not in self.skip]
+            if batch:
+                retrying(self.client.log_batch, self.run_id, metrics=batch)
+            self.journal.mark_sent(offset)
+
+    def server_down(self, error: Exception) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
+                           "when the server is back", self.uri, reason, self.journal.path)
+
+    def server_back(self) -> None:
+        if self.down_since is not None:
+            logger.warning("MLflow at %s is back; every spooled value has been sent", self.uri)
+            self.down_since = None
 
 
 class MlflowRun:
@@ -160,7 +97,7 @@ class MlflowRun:
         self._stored_params: dict[str, str] = {}
         run = self._reopen(resume_run_id, tags) if resume_run_id else None
         if run is None:
-            run = _retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
+            run = retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self._owns_journal = journal is None
@@ -170,13 +107,62 @@ class MlflowRun:
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
-        self._down_since: float | None = None
+        self._metrics = MetricSender(uri, self.run_id, self.journal, self._stored, client=self.client)
+        self._sender: Any = None
+        self._lock_fd: int | None = None
+
+    @property
+    def _down_since(self) -> float | None:
+        return self._metrics.down_since
+
+    @_down_since.setter
+    def _down_since(self, value: float | None) -> None:
+        self._metrics.down_since = value
+
+    @property
+    def background(self) -> bool:
+        """Whether a sender process sends the metrics (see :mod:`.sender`)."""
+        return self._sender is not None
+
+    def hold_lock(self, fd: int) -> None:
+        """Keep the journal's lock (see :func:`.sender.lock_journal`) until the end of the run, or
+        pass it to the sender process when one starts."""
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def start_sender(self) -> None:
+        """Send metrics from a second process from now on, which takes over the journal's lock.
+        Where it cannot start, this process goes on sending."""
+        from .sender import Sender
+
+        if self._sender is None:
+            try:
+                self._sender = Sender(self.journal, self.uri, self.run_id, self._stored, self._lock_fd)
+            except OSError as e:
+                logger.warning("no MLflow sender process (%s); values are sent from the training process", e)
+                return
+            self._release_lock()  # the sender's copy holds it until it has sent the journal
+
+    def _stop_sender(self) -> int:
+        """Wait for the sender to send what is journaled; its exit status."""
+        status, self._sender = self._sender.stop(), None
+        if status == SERVER_DOWN_STATUS:
+            if self._down_since is None:  # it has said so
+                self._down_since = time.monotonic()
+        elif status != 0:
+            logger.warning("the MLflow sender process exited with status %s; the training process sends from now on",
+                           status)
+        return status
 
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if "mlflow.experimentKind" not in found.tags:
-                _retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+                retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
             return found.experiment_id
         location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
         try:
@@ -194,7 +180,7 @@ class MlflowRun:
         resumed run logged into a new MLflow run would silently split one run's curves in two.
         """
         try:
-            run = _retrying(self.client.get_run, run_id)
+            run = retrying(self.client.get_run, run_id)
         except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -207,17 +193,17 @@ class MlflowRun:
                            run_id, self.uri)
             return None
         self._stored_params = dict(run.data.params)
-        _retrying(self.client.update_run, run_id, status="RUNNING")
+        retrying(self.client.update_run, run_id, status="RUNNING")
         self.set_tags(tags, run_id)
         return run
 
     def close_interrupted(self, run_id: str) -> None:
         """End a run an interrupted process left RUNNING: KILLED, tagged with this run."""
         try:
-            run = _retrying(self.client.get_run, run_id)
+            run = retrying(self.client.get_run, run_id)
             if run.info.status == "RUNNING":
-                _retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
-                _retrying(self.client.set_terminated, run_id, "KILLED")
+                retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
+                retrying(self.client.set_terminated, run_id, "KILLED")
                 logger.info("the interrupted MLflow run %s is marked KILLED; this run replaces it", run_id)
         except Exception as e:  # gone, or on another server: nothing left to close here
             logger.info("the interrupted MLflow run %s could not be closed (%s)", run_id, str(e).splitlines()[0][:120])
@@ -235,7 +221,7 @@ class MlflowRun:
         while self._pending_params:
             chunk = dict(list(self._pending_params.items())[:MAX_PARAMS_PER_BATCH])
             try:
-                _retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
+                retrying(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()])
             except Exception as e:
                 if not is_remote(self.uri):
                     raise
@@ -249,7 +235,7 @@ class MlflowRun:
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            _retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+            retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
     def add(self, key: str, value: Any, step: int, timestamp: int | None = None) -> None:
         """Buffer one value (a float, or a tensor moved at the next flush)."""
@@ -264,18 +250,16 @@ class MlflowRun:
         self.send()
 
     def send(self) -> None:
-        """Send what the journal holds past what MLflow has; a server that does not answer keeps
-        it there for the next send."""
-        from mlflow.entities import Metric
-
+        """Send what the journal holds past what MLflow has (with a sender process: wake it); a
+        server that does not answer keeps it there for the next send."""
         self._last_flush = time.monotonic()
         self._send_params()
+        if self._sender is not None:
+            if self._sender.wake():
+                return
+            self._stop_sender()
         try:
-            for offset, values in self.journal.values(self.journal.sent, chunk=MAX_METRICS_PER_BATCH):
-                batch = [Metric(*v) for v in values if (v[0], v[3]) not in self._stored]
-                if batch:
-                    _retrying(self.client.log_batch, self.run_id, metrics=batch)
-                self.journal.mark_sent(offset)
+            self._metrics.send_metrics()
         except Exception as e:
             if not is_remote(self.uri):
                 raise
@@ -286,11 +270,7 @@ class MlflowRun:
             self._down_since = None
 
     def _server_down(self, error: Exception) -> None:
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            logger.warning("cannot send to MLflow at %s (%s); training goes on, values are kept in %s and sent "
-                           "when the server is back", self.uri, reason, self.journal.path)
+        self._metrics.server_down(error)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         try:
@@ -304,11 +284,15 @@ class MlflowRun:
     def end(self, status: str) -> None:
         """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""
         try:
-            self.flush()
+            self.journal.append(materialize(self._buffer))
+            self._buffer.clear()
+            if self._sender is None or self._stop_sender() != SERVER_DOWN_STATUS:
+                self.send()
         finally:
+            self._release_lock()
             if self._down_since is None:
                 try:
-                    _retrying(self.client.set_terminated, self.run_id, status)
+                    retrying(self.client.set_terminated, self.run_id, status)
                     if self._owns_journal:
                         self.journal.delete()
                         self.journal.path.parent.rmdir()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -74,6 +74,11 @@ class MlflowParams(BaseModel):
     flush_interval_s: float = Field(
         5.0, ge=0, description="Send logged values to MLflow at most this many seconds after they were logged, at "
         "any point of an epoch (0: at every logging call); always at the end and on failure.")
+    sender: Literal["auto", "process", "inline"] = Field(
+        "auto", description="What sends the logged values: 'process', a second process that follows the run's "
+        "journal (training only appends to it); 'inline', the training process, in batches; 'auto', inline "
+        "until the first send, then a process if the run has more than ~10 s left (short runs would pay more "
+        "for its start than they save).")
 
 
 class CheckpointParams(BaseModel):

@@ -28,8 +28,10 @@ from ..resolve import ResolvedSchedule
 from . import lightning as kl
 from .checkpoint import CHECKPOINT_FILE, ResumePoint, checkpointer, restore_loader, run_defining
 from .classes import instantiate
+from .hooks import stage_callback
 from .journal import Journal, rewind
 from .logger import kiwi_logger
+from .sender import lock_journal
 from .model_lint import lint_model
 from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams
@@ -162,35 +164,42 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
     seeded = random.getstate()
     random.setstate(unseeded)
     rank_zero = is_rank_zero()
-    journal, already_sent = _open_journal(out_dir, point) if rank_zero else (None, set())
+    journal, already_sent, journal_lock = _open_journal(out_dir, point) if rank_zero else (None, set(), None)
     tracker = None
-    if params.mlflow.enabled and rank_zero:
-        from .mlflow import MlflowRun, check_reachable, is_remote, tracking_uri
+    try:
+        if params.mlflow.enabled and rank_zero:
+            from .mlflow import MlflowRun
+            from .store import check_reachable, is_remote, tracking_uri
 
-        root = repository_root()
-        uri = tracking_uri(params.mlflow.tracking_uri, root)
-        field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
-        check_reachable(uri, field)
-        # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        try:
-            tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
-                                run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
-                                flush_interval_s=params.mlflow.flush_interval_s,
-                                spool_dir=root / ".kiwi-pipe-optim" / "spool",
-                                resume_run_id=point.run_id if point else None, journal=journal,
-                                already_sent=already_sent)
-        except ConfigError:
-            raise
-        except Exception as e:  # a store it cannot write, a server that is no MLflow, refused credentials
-            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise ConfigError(Problem(field, f"cannot open an MLflow run at {uri} ({type(e).__name__}: {reason}); "
-                                      f"fix the store or server (and MLFLOW_TRACKING_USERNAME / _PASSWORD where it "
-                                      f"asks for them), or unset it to log to sqlite:///mlflow.db")) from None
-        logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
-        _replace_interrupted(out_dir / RUN_MARKER, tracker)
+            root = repository_root()
+            uri = tracking_uri(params.mlflow.tracking_uri, root)
+            field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+            check_reachable(uri, field)
+            # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            try:
+                tracker = MlflowRun(uri, params.mlflow.experiment_name, os.environ.get("DVC_EXP_NAME") or None,
+                                    run_tags(params, flavor), artifact_root=None if is_remote(uri) else root / "mlartifacts",
+                                    flush_interval_s=params.mlflow.flush_interval_s,
+                                    spool_dir=root / ".kiwi-pipe-optim" / "spool",
+                                    resume_run_id=point.run_id if point else None, journal=journal,
+                                    already_sent=already_sent)
+            except ConfigError:
+                raise
+            except Exception as e:  # a store it cannot write, a server that is no MLflow, refused credentials
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise ConfigError(Problem(field, f"cannot open an MLflow run at {uri} ({type(e).__name__}: {reason}); "
+                                          f"fix the store or server (and MLFLOW_TRACKING_USERNAME / _PASSWORD where it "
+                                          f"asks for them), or unset it to log to sqlite:///mlflow.db")) from None
+            logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
+            _replace_interrupted(out_dir / RUN_MARKER, tracker)
+            tracker.hold_lock(journal_lock)  # until the run ends, or its sender process takes it
+            journal_lock = None
+    finally:
+        if journal_lock is not None:
+            os.close(journal_lock)
     random.setstate(seeded)
     if point is not None:
         logger.info("resuming from step %d of %s", point.step, point.path)
@@ -213,17 +222,18 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
         tracker.log_text(table(assign(model, params.optimizer)), "config/param_groups.txt")
 
     recorder = kl.step_recorder(flavor, on_resolved=on_resolved)
-    run_logger = kiwi_logger(flavor, journal=journal, tracker=tracker, flush_interval_s=params.mlflow.flush_interval_s)
+    run_logger = kiwi_logger(flavor, journal=journal, tracker=tracker, flush_interval_s=params.mlflow.flush_interval_s,
+                              sender=params.mlflow.sender)
     saver = checkpointer(flavor, path=checkpoint_path, every_n_steps=params.checkpoint.every_n_steps,
                          params=run_defining(params.raw), config=params.optimizer,
                          run_id=tracker.run_id if tracker else None)
     status = "FAILED"
     try:
         if tracker is not None:
-            from .mlflow import flatten
+            from .store import flatten
 
             tracker.log_params(flatten(params.raw))
-        trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [recorder, saver], run_logger))
+        trainer = flavor.Trainer(**trainer_kwargs(flavor, params, [stage_callback(flavor, recorder, saver)], run_logger))
         _fit(trainer, model, data, flavor, point)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
@@ -269,34 +279,51 @@ def _close_finished(record: dict[str, Any], params: StageParams, out_dir: Path) 
     logger.info("the last run finished but was killed before it could exit; its outputs are restored and "
                 "nothing trains again")
     if params.mlflow.enabled and record.get("run_id"):
-        from .mlflow import MlflowRun, tracking_uri
+        from .mlflow import MlflowRun
+        from .store import tracking_uri
 
         uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
         journal = Journal(out_dir / JOURNAL_FILE)  # what it had not sent yet, if anything
-        MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
-                  journal=journal).end("FINISHED")
-        journal.delete()
+        lock = lock_journal(journal)  # once its sender, if still sending, is done
+        try:
+            journal.reload_keys()
+            MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
+                      journal=journal).end("FINISHED")
+            journal.delete()
+        finally:
+            os.close(lock)
     for leftover in (CHECKPOINT_FILE, RUN_MARKER):
         (out_dir / leftover).unlink(missing_ok=True)
     return record["metrics"]
 
 
-def _open_journal(out_dir: Path, point: ResumePoint | None) -> tuple[Journal, set[tuple[str, int]]]:
-    """The run's journal: new, or cut back to the checkpoint a resumed run starts from.
+def _open_journal(out_dir: Path, point: ResumePoint | None) -> tuple[Journal, set[tuple[str, int]], int]:
+    """The run's journal: new, or cut back to the checkpoint a resumed run starts from; the
+    values MLflow holds past the cut; the fd holding the journal's lock, taken first, so that
+    the sender process of a killed run has sent what it journaled and sends nothing more.
 
     Raises:
         ConfigError: the checkpoint's journal is gone (the values before it could not be sent
-            or plotted).
+            or plotted), or the sender of a killed run does not finish.
     """
     journal = Journal(out_dir / JOURNAL_FILE)
-    if point is None:
-        journal.delete()
-        return Journal(out_dir / JOURNAL_FILE), set()
-    if journal.size < point.journal_offset:
-        raise ConfigError(Problem("checkpoint", f"'{journal.path}' holds less than '{point.path}' expects (the "
-                                  f"values logged before the crash); delete '{point.path}' (or set checkpoint.resume: "
-                                  f"false) to start afresh"))
-    return journal, rewind(journal, point.journal_offset, point.step)
+    try:
+        lock = lock_journal(journal)
+    except TimeoutError as e:
+        raise ConfigError(Problem("checkpoint", f"{e}; stop that process and run again")) from None
+    try:
+        journal.reload_keys()  # as that sender left them
+        if point is None:
+            journal.delete()
+            return Journal(out_dir / JOURNAL_FILE), set(), lock
+        if journal.size < point.journal_offset:
+            raise ConfigError(Problem("checkpoint", f"'{journal.path}' holds less than '{point.path}' expects (the "
+                                      f"values logged before the crash); delete '{point.path}' (or set "
+                                      f"checkpoint.resume: false) to start afresh"))
+        return journal, rewind(journal, point.journal_offset, point.step), lock
+    except BaseException:
+        os.close(lock)
+        raise
 
 
 def _fit(trainer: Any, model: Any, data: Any, flavor: Any, point: ResumePoint | None = None) -> None:

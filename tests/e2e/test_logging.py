@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kiwi_pipe_optim.integrations.mlflow import client_for
+from kiwi_pipe_optim.integrations.store import client_for
 from tests.e2e.conftest import sh, tool_env
 
 pytestmark = pytest.mark.e2e

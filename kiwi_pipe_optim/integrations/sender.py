@@ -1,0 +1,164 @@
+"""The process that sends the journal to MLflow while the training process goes on training.
+
+Why a process: MLflow's store code (ORM work for every value, ~50-130 µs a value on sqlite)
+holds the GIL, so a sender *thread* only moved that cost around inside the training process
+(measured: no gain). A second process runs it on another core; the training process only
+appends to the journal and wakes the sender with a byte on a pipe.
+
+What keeps "nothing lost, nothing twice":
+
+* The sender marks what MLflow holds in the journal's ``sent`` file, batch by batch, as the
+  synchronous path does; the training process reads it only once the sender has exited.
+* The pipe's write end closes when the training process dies, kill -9 included (and the
+  sender sees itself re-parented, for the forked data-loader workers that keep a copy of the
+  pipe open a few seconds longer): it then sends what is journaled and exits.
+* It holds ``<journal>.lock`` until it exits. A resumed stage takes that lock before it cuts
+  the journal back to its checkpoint, so no sender of a killed process sends past the cut.
+
+Exit status: 0 when MLflow holds the whole journal, :data:`SERVER_DOWN` when a tracking server
+did not answer (the training process then spools), anything else is an error of the store,
+which the training process meets again when it sends the rest itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .journal import Journal
+from .mlflow import SERVER_DOWN_STATUS as SERVER_DOWN
+from .mlflow import MetricSender
+from .store import is_remote
+
+logger = logging.getLogger("kiwi_pipe_optim")
+
+POLL_S = 1.0  # how soon a sender notices its parent died while a forked worker keeps the pipe open
+
+
+class Sender:
+    """The training process's handle on its sender process."""
+
+    def __init__(self, journal: Journal, uri: str, run_id: str, skip: set[tuple[str, int]],
+                 lock_fd: int | None = None):
+        self.journal = journal
+        skip_file = None
+        if skip:  # values a resumed run sent past its checkpoint: not sent twice
+            skip_file = journal.path.with_name(journal.path.name + ".skip")
+            skip_file.write_text(json.dumps(sorted(skip)))
+        read, self._wake = os.pipe()
+        # This very copy of the package, not one that the working directory may hold.
+        package_root = str(Path(__file__).resolve().parents[2])
+        start = f"import runpy, sys; sys.path.insert(0, {package_root!r}); runpy.run_module({__name__!r}, " \
+                f"run_name='__main__', alter_sys=True)"
+        command = [sys.executable, "-c", start, "--journal", str(journal.path.resolve()), "--uri", uri,
+                   "--run-id", run_id, "--parent", str(os.getpid())]
+        if skip_file is not None:
+            command += ["--skip", str(skip_file)]
+        try:
+            self.process = subprocess.Popen(command, stdin=read, stdout=subprocess.DEVNULL,
+                                            pass_fds=() if lock_fd is None else (lock_fd,))
+        finally:
+            os.close(read)
+        os.set_blocking(self._wake, False)  # a busy sender must never stall a training step
+
+    def wake(self) -> bool:
+        """Tell the sender the journal grew; False when it is no longer running."""
+        if self.process.poll() is not None:
+            return False
+        try:
+            os.write(self._wake, b"\n")
+        except BlockingIOError:
+            pass  # it has wake-ups pending already
+        except BrokenPipeError:
+            return False
+        return True
+
+    def stop(self) -> int:
+        """Let it send what is journaled, wait for it, and return its exit status."""
+        if self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
+        return self.process.wait()
+
+
+def lock_journal(journal: Journal, timeout_s: float = 600.0) -> int:
+    """Take ``<journal>.lock`` (the fd holding it), waiting for the sender of an interrupted run
+    to finish sending; the lock passes to this run's sender with the fd.
+
+    Raises:
+        TimeoutError: it was still held after ``timeout_s``.
+    """
+    import fcntl
+
+    path = journal.path.with_name(journal.path.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(f"'{path}' is still held by the MLflow sender of an earlier run") from None
+            if not said:
+                logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled")
+                said = True
+            time.sleep(0.05)
+
+
+def _send_all(sending: MetricSender) -> bool:
+    """Send the journal past its marker; False when a tracking server did not answer."""
+    try:
+        sending.send_metrics()
+    except Exception as e:
+        if not is_remote(sending.uri):
+            raise
+        sending.server_down(e)
+        return False
+    sending.server_back()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Send a stage's journal to MLflow as it grows.")
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--uri", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--skip")
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group: the training process ends the run, and this one
+    # goes on until it has sent what that journaled.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kiwi-pipe-optim: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    skip = {(k, s) for k, s in json.loads(Path(args.skip).read_text())} if args.skip else set()
+    sending = MetricSender(args.uri, args.run_id, Journal(args.journal), skip)
+    stopping = False
+    while True:
+        if not stopping:
+            ready, _, _ = select.select([0], [], [], POLL_S)
+            if ready and not os.read(0, 1 << 16):
+                stopping = True  # the training process closed the pipe, or died
+            if os.getppid() != args.parent:
+                stopping = True
+        ok = _send_all(sending)
+        if stopping:
+            return 0 if ok else SERVER_DOWN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

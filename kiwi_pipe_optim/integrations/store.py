@@ -1,0 +1,124 @@
+"""Where MLflow values go: the tracking URI, a client that retries sqlite's lock errors, and a
+check that a store or server answers before any training starts.
+
+Both the training process (:mod:`.mlflow`) and the sender process (:mod:`.sender`) open the
+store through these, so a locked sqlite file or a server that is down reads the same in both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from ..errors import ConfigError, Problem
+
+DEFAULT_DB = "mlflow.db"
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri(configured: str | None, root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the params' ``mlflow.tracking_uri``, else a sqlite
+    store ``mlflow.db`` at the repository root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    return f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
+
+
+def is_lock_error(error: BaseException) -> bool:
+    """Whether a store call lost a race for sqlite's write lock (MLflow wraps sqlalchemy's
+    ``OperationalError``, which wraps sqlite3's, in an ``MlflowException``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        cause = getattr(seen, "orig", None) if not isinstance(seen, sqlite3.OperationalError) else seen
+        if isinstance(cause, sqlite3.OperationalError):
+            return "locked" in str(cause) or "busy" in str(cause)
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+LOCK_ATTEMPTS = 8
+
+
+def retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Retry a store call that lost a race for the sqlite write lock; anything else is raised."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:
+            if not is_lock_error(e) or attempt == LOCK_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
+
+
+def client_for(uri: str) -> Any:
+    """An ``MlflowClient`` whose store exists: a new sqlite store is created and migrated once,
+    under a file lock, because concurrent first-time migrations corrupt it."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None:
+        client = MlflowClient(tracking_uri=uri)
+        retrying(client.search_experiments, max_results=1)
+        return client
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri)
+        retrying(client.search_experiments, max_results=1)
+    return client
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as DVC names them (``optimizer.learning_rate``), values as MLflow strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def check_reachable(uri: str, field: str, timeout: float = 5.0,
+                    fix: str = "or unset it to log to sqlite:///mlflow.db") -> None:
+    """Fail fast, before any training, when a tracking server cannot be reached.
+
+    Raises:
+        ConfigError: naming ``field`` (where the URI came from), the URI and the reason.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answered: authentication and the like are MLflow's to report
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
+                                  f"`mlflow server --host 127.0.0.1 --port 5000`), {fix}")) from None
+
+
+def is_remote(uri: str) -> bool:
+    """A tracking server (rather than a store this process writes itself), which may go away."""
+    return uri.startswith(("http://", "https://", "databricks"))

@@ -1,0 +1,57 @@
+"""Who sends to MLflow: the training process, or a sender process once a run proves long."""
+
+import time
+
+import lightning.pytorch as L
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kiwi_pipe_optim.integrations import logger as klogger
+from kiwi_pipe_optim.integrations.logger import kiwi_logger
+from kiwi_pipe_optim.integrations.mlflow import MlflowRun
+
+
+def pace(log, expected, done, seconds_per_step):
+    """A logger that has logged ``done`` steps at ``seconds_per_step`` of a run of ``expected``."""
+    log.expect_steps(expected)
+    log._start = (0, time.monotonic() - done * seconds_per_step)
+    log._step = done
+    return log._sender_pays()
+
+
+def test_auto_starts_a_sender_only_when_the_run_has_long_to_go():
+    log = kiwi_logger(L)
+    assert pace(log, expected=1000, done=100, seconds_per_step=0.1)  # 90 s left
+    assert not pace(log, expected=1000, done=990, seconds_per_step=0.1)  # 1 s left
+    assert not pace(log, expected=200, done=100, seconds_per_step=0.001)  # a short run: 0.1 s left
+    assert pace(log, expected=None, done=100, seconds_per_step=0.001)  # no known end (an iterable data set)
+    assert pace(log, expected=10_000, done=100, seconds_per_step=klogger.SENDER_AFTER_S / 9_000)
+
+
+@pytest.mark.parametrize("mode, expected", [("inline", False), ("process", True)])
+def test_inline_and_process_are_what_they_say(mode, expected):
+    log = kiwi_logger(L, sender=mode)
+    assert pace(log, expected=1000, done=100, seconds_per_step=0.1) is expected
+    assert pace(log, expected=1000, done=999, seconds_per_step=0.001) is expected
+
+
+@pytest.mark.parametrize("mode", ["inline", "process"])
+def test_every_value_reaches_the_run_once_whoever_sends(tmp_path, mode):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowRun(uri, "exp", "run", {})
+    log = kiwi_logger(L, tracker=tracker, flush_interval_s=0, sender=mode)
+    assert tracker.background is (mode == "process")
+    for step in range(300):
+        log.log_metrics({"lr/default": 0.1 / (step + 1), "train_loss": torch.tensor(float(step))}, step=step)
+        log.log_metrics({"lr/default": -1.0}, step=step)  # the first value at a step wins
+    log.finalize("success")
+    tracker.end("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    lr = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "lr/default"))
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "train_loss"))
+    assert lr == [(s, 0.1 / (s + 1)) for s in range(300)]
+    assert loss == [(s, float(s)) for s in range(300)]
+    assert not tracker.background  # the sender was waited for
