@@ -14,6 +14,7 @@ LR that silently jumps after a resume is the classic bug this guards against).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import math
@@ -177,6 +178,7 @@ class _Checkpointer:
         self._due = False
         self._journal_offset = 0
         self._persist_due = False
+        self._dir_made = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "run_id": self.run_id, "params": self.params, "step": self._saved_step,
@@ -232,14 +234,20 @@ class _Checkpointer:
         self._journal_offset = _persist(trainer)
         self._persist_due = True
         tmp = self.path.with_name(self.path.name + ".tmp")
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not self._dir_made:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        if "weights_only" in inspect.signature(trainer.save_checkpoint).parameters:
+            self._dir_made = True
+        if _takes_weights_only(type(trainer)):
             trainer.save_checkpoint(tmp, weights_only=False)  # the whole training state, not only the weights
         else:
             trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
+
+
+@functools.cache
+def _takes_weights_only(trainer_class: type) -> bool:
+    return "weights_only" in inspect.signature(trainer_class.save_checkpoint).parameters
 
 
 def _persist(trainer: Any) -> int:
