@@ -24,16 +24,18 @@ def test_auto_starts_a_sender_only_when_the_run_has_long_to_go():
     log = kiwi_logger(L)
     assert pace(log, expected=1000, done=100, seconds_per_step=0.1)  # 90 s left
     assert not pace(log, expected=1000, done=990, seconds_per_step=0.1)  # 1 s left
-    assert not pace(log, expected=200, done=100, seconds_per_step=0.001)  # a short run: 0.1 s left
-    assert pace(log, expected=None, done=100, seconds_per_step=0.001)  # no known end (an iterable data set)
-    assert pace(log, expected=10_000, done=100, seconds_per_step=klogger.SENDER_AFTER_S / 9_000)
+    assert not pace(log, expected=200_000, done=100, seconds_per_step=0.001)  # too early to judge
+    assert not pace(log, expected=200, done=1500, seconds_per_step=0.001)  # past its expected end
+    assert pace(log, expected=None, done=100, seconds_per_step=0.02)  # no known end (an iterable data set)
+    assert pace(log, expected=10_000, done=1000, seconds_per_step=klogger.SENDER_AFTER_S / 8_000)
+    assert not pace(log, expected=10_000, done=1000, seconds_per_step=klogger.SENDER_AFTER_S / 10_000)
 
 
 @pytest.mark.parametrize("mode, expected", [("inline", False), ("process", True)])
 def test_inline_and_process_are_what_they_say(mode, expected):
     log = kiwi_logger(L, sender=mode)
     assert pace(log, expected=1000, done=100, seconds_per_step=0.1) is expected
-    assert pace(log, expected=1000, done=999, seconds_per_step=0.001) is expected
+    assert pace(log, expected=1000, done=999, seconds_per_step=0.002) is expected
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])

@@ -12,7 +12,7 @@ or a second process (:mod:`.sender`) that follows the journal, woken twice a sec
 append then being all the training process does. The process costs a few seconds of CPU to
 start (it imports MLflow) and is waited for at the end, which a short run pays for and gains
 nothing from: measured on the bundled task (~180 steps), 0.95 of Lightning's speed inline
-against 0.61 with the process. A long one gains a quarter of its steps (0.68 against 0.92 on
+against 0.61 with the process. A long one gains a quarter of its steps (0.68 against 0.94 on
 the 200,000-step benchmark). So ``auto`` sends inline until the first send, and starts the
 process there if the run has more than :data:`SENDER_AFTER_S` seconds left at its pace so far
 (or no known end). A sender thread was measured too: no gain, MLflow's store code holds the GIL.
@@ -33,6 +33,8 @@ from typing import Any, Mapping
 from .journal import Journal, materialize
 
 SENDER_AFTER_S = 10.0
+JUDGED_AFTER_S = 1.0  # the pace of a run's first second (its warm-up) says little
+
 
 class _KiwiLogger:
     """Mixed into the flavor's ``Logger``; see :func:`kiwi_logger`."""
@@ -117,12 +119,15 @@ class _KiwiLogger:
         """Whether the run goes on long enough for a sender process (see the module's docstring)."""
         if self.sender != "auto":
             return self.sender == "process"
-        if self._expected_steps is None or self._start is None:
-            return True
+        if self._start is None:
+            return False
         first_step, started = self._start
-        done = self._step - first_step
-        left = self._expected_steps - self._step
-        return done <= 0 or left * (time.monotonic() - started) / done > SENDER_AFTER_S
+        elapsed, done = time.monotonic() - started, self._step - first_step
+        if elapsed < JUDGED_AFTER_S or done <= 0:
+            return False  # asked again at the next send
+        if self._expected_steps is None:
+            return True
+        return (self._expected_steps - self._step) * elapsed / done > SENDER_AFTER_S
 
     def flush(self, final: bool = False) -> None:
         """Journal the buffer and send what MLflow lacks (with a sender process: wake it)."""
