@@ -57,3 +57,30 @@ def test_every_value_reaches_the_run_once_whoever_sends(tmp_path, mode):
     assert lr == [(s, 0.1 / (s + 1)) for s in range(300)]
     assert loss == [(s, float(s)) for s in range(300)]
     assert not tracker.background  # the sender was waited for
+
+
+def test_a_sender_that_dies_is_not_started_again_and_training_sends_the_rest(tmp_path):
+    import os
+    import signal
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowRun(uri, "exp", "run", {})
+    log = kiwi_logger(L, tracker=tracker, flush_interval_s=0, sender="auto")
+    log.expect_steps(None)
+    log._start = (0, time.monotonic() - 5)  # long under way, no known end: the next send starts a sender
+    for step in range(50):
+        log.log_metrics({"lr/default": float(step)}, step=step)
+    assert tracker.background
+    deadline = time.monotonic() + 60
+    while tracker.journal.sent < tracker.journal.size:  # the sender has sent all, and idles
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(tracker._sender.process.pid, signal.SIGKILL)
+    tracker._sender.process.wait()
+    for step in range(50, 100):
+        log.log_metrics({"lr/default": float(step)}, step=step)
+    assert not tracker.background and tracker.sender_tried  # this process sends from now on
+    log.finalize("success")
+    tracker.end("FINISHED")
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "lr/default")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(100)]

@@ -23,10 +23,6 @@ class _StageCallback:
         self.recorder = recorder
         self.checkpointer = checkpointer
 
-    @property
-    def seconds(self) -> float:
-        return self.recorder.seconds
-
     def state_dict(self) -> dict[str, Any]:
         return {**self.checkpointer.state_dict(), "recorder": self.recorder.state_dict()}
 

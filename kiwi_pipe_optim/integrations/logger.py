@@ -133,7 +133,7 @@ class _KiwiLogger:
         """Journal the buffer and send what MLflow lacks (with a sender process: wake it)."""
         self.persist()
         if self.tracker is not None:
-            if not final and not self.tracker.background and self._sender_pays():
+            if not final and not self.tracker.sender_tried and self._sender_pays():
                 self.tracker.start_sender()
             self.tracker.send()
         self._next_flush = time.monotonic() + self._period

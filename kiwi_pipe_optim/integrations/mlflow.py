@@ -110,6 +110,7 @@ class MlflowRun:
         self._metrics = MetricSender(uri, self.run_id, self.journal, self._stored, client=self.client)
         self._sender: Any = None
         self._lock_fd: int | None = None
+        self.sender_tried = False
 
     @property
     def _down_since(self) -> float | None:
@@ -136,10 +137,11 @@ class MlflowRun:
 
     def start_sender(self) -> None:
         """Send metrics from a second process from now on, which takes over the journal's lock.
-        Where it cannot start, this process goes on sending."""
+        Once per run: where it cannot start, or dies, this process goes on sending."""
         from .sender import Sender
 
-        if self._sender is None:
+        if not self.sender_tried:
+            self.sender_tried = True
             try:
                 self._sender = Sender(self.journal, self.uri, self.run_id, self._stored, self._lock_fd)
             except OSError as e:
