@@ -179,3 +179,18 @@ def test_a_module_with_its_own_configure_optimizers_gets_ours_as_lightningcli_do
 def test_flavor_of_rejects_plain_modules():
     with pytest.raises(TypeError, match=r"torch.nn.modules.linear.Linear is not a LightningModule"):
         flavor_of(nn.Linear(2, 2))
+
+
+def test_a_row_and_a_dict_logged_at_one_step_keep_the_first_value_of_each_key(tmp_path):
+    """The LR observer hands our logger rows; Lightning hands it the module's ``self.log`` dicts.
+    A key both log at one step (a module that logs ``train_loss`` itself) is journaled once."""
+    journal = Journal(tmp_path / "journal")
+    log = kiwi_logger(L, journal=journal, flush_interval_s=1e9)
+    log.log_row(("lr/default", "train_loss"), [0.1, torch.tensor(2.0)], step=0)
+    log.log_metrics({"train_loss": 9.0, "train_acc": 0.5}, step=0)
+    log.log_metrics({"lr/default": 0.2}, step=1)
+    log.log_row(("lr/default", "train_loss"), [9.0, torch.tensor(3.0)], step=1)
+    log.log_row(("lr/default",), [9.0], step=1)
+    log.persist()
+    assert sorted(curves(journal).items()) == [("lr/default", [(0, 0.1), (1, 0.2)]), ("train_acc", [(0, 0.5)]),
+                                               ("train_loss", [(0, 2.0), (1, 3.0)])]

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from .journal import Journal, materialize
+from .journal import Journal, Row
 
 SENDER_AFTER_S = 10.0
 JUDGED_AFTER_S = 1.0  # the pace of a run's first second (its warm-up) says little
@@ -50,7 +50,7 @@ class _KiwiLogger:
         self.tracker = tracker
         self.flush_interval_s = flush_interval_s
         self.owns_run = owns_run
-        self._buffer: list[tuple[str, Any, int, int]] = []
+        self._buffer: list[Row] = []
         self._last_step: dict[str, int] = {}
         if sender == "process" and tracker is not None:
             tracker.start_sender()
@@ -79,11 +79,31 @@ class _KiwiLogger:
         if self._start is None:
             self._start = (step, time.monotonic())
         self._step = step
-        last, append = self._last_step, self._buffer.append
+        last, keys, values = self._last_step, [], []
         for key, value in metrics.items():
             if last.get(key, -1) < step:  # the first value of a key at a step wins
                 last[key] = step
-                append((key, value, now, step))
+                keys.append(key)
+                values.append(value)
+        if keys:
+            self._buffer.append((tuple(keys), values, now, step))
+        if time.monotonic() >= self._next_flush:
+            self.flush()
+
+    def log_row(self, keys: tuple[str, ...], values: list[Any], step: int) -> None:
+        """``log_metrics`` for a caller that logs the same keys once a step (the LR recorder),
+        without building a dict a step."""
+        if self._start is None:
+            self._start = (step, time.monotonic())
+        self._step = step
+        last = self._last_step
+        if any([last.get(key, -1) >= step for key in keys]):  # the first value of a key at a step wins
+            kept = [(key, value) for key, value in zip(keys, values) if last.get(key, -1) < step]
+            if not kept:
+                return
+            keys, values = tuple(key for key, _ in kept), [value for _, value in kept]
+        last.update(dict.fromkeys(keys, step))
+        self._buffer.append((keys, values, int(time.time() * 1000), step))
         if time.monotonic() >= self._next_flush:
             self.flush()
 
@@ -100,7 +120,7 @@ class _KiwiLogger:
         """Journal what is buffered; return the journal's length (what a checkpoint records)."""
         if self.journal is None:
             return 0
-        size = self.journal.append(materialize(self._buffer))
+        size = self.journal.append_rows(self._buffer)
         self._buffer.clear()
         return size
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, Problem
-from .journal import Journal, materialize
+from .journal import Journal
 from .store import check_reachable, client_for, is_remote, retrying
 
 logger = logging.getLogger("kiwi_pipe_optim")
@@ -247,7 +247,7 @@ class MlflowRun:
         """Journal the buffered values and send; unless ``force``, only if ``flush_interval_s`` has passed."""
         if not force and time.monotonic() - self._last_flush < self.flush_interval_s:
             return
-        self.journal.append(materialize(self._buffer))
+        self.journal.append(self._buffer)
         self._buffer.clear()
         self.send()
 
@@ -286,7 +286,7 @@ class MlflowRun:
     def end(self, status: str) -> None:
         """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""
         try:
-            self.journal.append(materialize(self._buffer))
+            self.journal.append(self._buffer)
             self._buffer.clear()
             if self._sender is None or self._stop_sender() != SERVER_DOWN_STATUS:
                 self.send()
