@@ -57,14 +57,14 @@ class Journal:
 
     def append(self, values: list[tuple[str, Any, int, int]]) -> int:
         """Write ``values`` (key, value, timestamp, step); return the journal's new length in bytes."""
-        return self.append_rows([((key, ), [value], stamp, step) for key, value, stamp, step in values])
+        return self.append_rows([((key,), [value], stamp, step) for key, value, stamp, step in values])
 
     def append_rows(self, rows: list[Row]) -> int:
         """Write ``rows``, each the values of some keys at one step; return the journal's new
         length in bytes. Values may be tensors: they are moved as in :func:`as_floats`.
 
         Rows, not values, because a logger gets a step's values together: the per-value Python
-        work (a tuple, a key lookup) was a tenth of what the stage added to a small model's step.
+        work (a tuple, a key lookup) was about a tenth of what the stage added to a small model's step.
 
         No fsync (~1 ms a call here): a killed process's writes survive it in the page cache,
         and Lightning's checkpoint, which points into the journal, is not fsynced either. After
