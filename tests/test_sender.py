@@ -27,8 +27,9 @@ def test_auto_starts_a_sender_only_when_the_run_has_long_to_go():
     assert not pace(log, expected=200_000, done=100, seconds_per_step=0.001)  # too early to judge
     assert not pace(log, expected=200, done=1500, seconds_per_step=0.001)  # past its expected end
     assert pace(log, expected=None, done=100, seconds_per_step=0.02)  # no known end (an iterable data set)
-    assert pace(log, expected=10_000, done=1000, seconds_per_step=klogger.SENDER_AFTER_S / 8_000)
-    assert not pace(log, expected=10_000, done=1000, seconds_per_step=klogger.SENDER_AFTER_S / 10_000)
+    pace_of = klogger.SENDER_AFTER_S / 2_000  # 1,000 steps done in half the threshold (judged: past 1 s)
+    assert pace(log, expected=1000 + 2500, done=1000, seconds_per_step=pace_of)  # 1.25x the threshold left
+    assert not pace(log, expected=1000 + 1600, done=1000, seconds_per_step=pace_of)  # 0.8x
 
 
 @pytest.mark.parametrize("mode, expected", [("inline", False), ("process", True)])

@@ -13,9 +13,11 @@ append then being all the training process does. The process costs a few seconds
 start (it imports MLflow) and is waited for at the end, which a short run pays for and gains
 nothing from: measured on the bundled task (~180 steps), 0.95 of Lightning's speed inline
 against 0.61 with the process. A long one gains a quarter of its steps (0.68 against 0.94 on
-the 200,000-step benchmark). So ``auto`` sends inline until the first send, and starts the
-process there if the run has more than :data:`SENDER_AFTER_S` seconds left at its pace so far
-(or no known end). A sender thread was measured too: no gain, MLflow's store code holds the GIL.
+the 200,000-step benchmark), and so does one of a few seconds past its first send: an inline
+send of 5 s of the benchmark model's values takes ~1.5 s; its runs of 2,000 steps took 6.3-7.1 s
+with the process against 9.1 s inline, of 5,000 steps 15 s against 20 s. So ``auto`` sends
+inline until the first send, and starts the process there if the run has more than
+:data:`SENDER_AFTER_S` seconds left at its pace so far (or no known end). A sender thread was measured too: no gain, MLflow's store code holds the GIL.
 
 Both import names of Lightning are served: :func:`kiwi_logger` builds the class for one.
 """
@@ -32,7 +34,7 @@ from typing import Any, Mapping
 
 from .journal import Journal, Row
 
-SENDER_AFTER_S = 10.0
+SENDER_AFTER_S = 3.0  # less left: the process's start and the wait for it cost more
 JUDGED_AFTER_S = 1.0  # the pace of a run's first second (its warm-up) says little
 
 

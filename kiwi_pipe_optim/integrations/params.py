@@ -77,7 +77,7 @@ class MlflowParams(BaseModel):
     sender: Literal["auto", "process", "inline"] = Field(
         "auto", description="What sends the logged values: 'process', a second process that follows the run's "
         "journal (training only appends to it); 'inline', the training process, in batches; 'auto', inline "
-        "until the first send, then a process if the run has more than ~10 s left (short runs would pay more "
+        "until the first send, then a process if the run has more than ~3 s left (short runs would pay more "
         "for its start than they save).")
 
 
