@@ -181,6 +181,7 @@ def pack_optimizer_states(states: list[Any]) -> list[Any]:
         kept: dict[int, dict[Any, Any]] = {}
         flats: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         sizes: dict[tuple[torch.dtype, torch.device], int] = {}
+        slots: dict[tuple[torch.dtype, torch.device], int] = {}  # which flat tensor, in the order of `flats`
         names: dict[Any, int] = {}
         rows: list[list[int]] = []
         for param, entries in state.items():
@@ -191,10 +192,9 @@ def pack_optimizer_states(states: list[Any]) -> list[Any]:
                     continue
                 where = (value.dtype, value.device)
                 offset = sizes.setdefault(where, 0)
-                parts = flats.setdefault(where, [])
-                rows.append([param, names.setdefault(key, len(names)), list(flats).index(where), offset, value.dim(),
-                             *value.shape])
-                parts.append(value.detach().reshape(-1))
+                slot = slots.setdefault(where, len(slots))
+                rows.append([param, names.setdefault(key, len(names)), slot, offset, value.dim(), *value.shape])
+                flats.setdefault(where, []).append(value.detach().reshape(-1))
                 sizes[where] = offset + value.numel()
             if rest or not entries:
                 kept[param] = rest
