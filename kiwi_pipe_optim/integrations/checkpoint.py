@@ -33,6 +33,7 @@ from ..errors import ConfigError, Problem
 from ..param_groups import group_names
 from ..schedules import SCHEDULE_SPECS, evaluate
 from ..state import safe_load
+from .modes import OptimizerModes
 from .store import flatten
 
 FORMAT = "kiwi-pipe-optim/resume"
@@ -236,8 +237,9 @@ class _Checkpointer:
     """
 
     def __init__(self, path: Path, every_n_steps: int, params: dict[str, str], config: OptimizerConfig,
-                 run_id: str | None = None):
+                 run_id: str | None = None, modes: OptimizerModes | None = None):
         super().__init__()
+        self.modes = modes  # a schedule-free optimizer's weights are saved in eval mode, its average
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.params = params
@@ -322,6 +324,8 @@ class _Checkpointer:
         self._saved_step = trainer.global_step
         self._journal_offset = _persist(trainer)
         self._persist_due = True
+        if self.modes is not None:
+            self.modes.to_eval()
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero and not self._dir_made:
             self.path.parent.mkdir(parents=True, exist_ok=True)

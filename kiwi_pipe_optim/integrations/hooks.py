@@ -51,15 +51,22 @@ class _StageCallback:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.recorder.on_train_start(trainer, pl_module)
         self.checkpointer.on_train_start(trainer, pl_module)
+        self._batch_start_when_due()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.recorder.on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.checkpointer.on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self._batch_start_when_due()
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.recorder.on_validation_start(trainer, pl_module)
+        self._batch_start_when_due()
+
     def _batch_start_when_due(self) -> None:
-        """The checkpointer has work at a batch's start only after a save or a restore: at every
-        other step the hook is not callable, and Lightning does not dispatch it."""
-        if self.checkpointer.batch_start_due:
+        """The checkpointer has work at a batch's start only after a save or a restore, the
+        optimizer modes only after validation or a save: at every other step the hook is not
+        callable, and Lightning does not dispatch it."""
+        if self.checkpointer.batch_start_due or self.recorder.modes.train_due:
             self.__dict__.pop("on_train_batch_start", None)
         else:
             self.on_train_batch_start = None

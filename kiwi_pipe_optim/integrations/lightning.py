@@ -19,6 +19,7 @@ from ..config import OptimizerConfig
 from ..optimizers import from_config
 from ..param_groups import group_names, lr_group
 from ..resolve import ResolvedSchedule, resolve_for
+from .modes import OptimizerModes
 
 FLAVORS = ("lightning.pytorch", "pytorch_lightning")
 
@@ -70,7 +71,11 @@ def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "e
 
 
 class KiwiOptimizers:
-    """Mixin giving a LightningModule a ``configure_optimizers`` built from ``optimizer_config``.
+    """Mixin giving a LightningModule a ``configure_optimizers`` built from ``optimizer_config``,
+    and schedule-free optimizers their modes (:mod:`.modes`) with any Trainer: train mode for
+    training steps, eval mode for validation and after fit. A module that overrides
+    ``on_train_start``, ``on_train_batch_start``, ``on_validation_start`` or ``on_train_end``
+    calls ``super()`` there.
 
     Example:
         >>> class Model(KiwiOptimizers, L.LightningModule): ...  # doctest: +SKIP
@@ -83,6 +88,25 @@ class KiwiOptimizers:
         if self.optimizer_config is None:
             raise RuntimeError(f"{type(self).__name__}.optimizer_config is not set; assign an OptimizerConfig before fit")
         return configure_optimizers(self, self.optimizer_config)
+
+    @property
+    def _kiwi_modes(self) -> OptimizerModes:
+        modes = self.__dict__.get("_kiwi_optimizer_modes")
+        if modes is None:
+            modes = self.__dict__["_kiwi_optimizer_modes"] = OptimizerModes()
+        return modes
+
+    def on_train_start(self) -> None:
+        self._kiwi_modes.start(self.trainer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
+        self._kiwi_modes.to_train()
+
+    def on_validation_start(self) -> None:
+        self._kiwi_modes.to_eval(self.trainer)
+
+    def on_train_end(self) -> None:
+        self._kiwi_modes.to_eval()
 
 
 def attach_config(module: Any, config: OptimizerConfig) -> bool:
@@ -104,7 +128,16 @@ def attach_config(module: Any, config: OptimizerConfig) -> bool:
 class _StepRecorder:
     """Observes what only the training loop knows, and hands it to every logger of the trainer:
     the LR of every param group at every optimizer step, named after the group (``lr/encoder``),
-    its momentum (or Adam's beta1) whenever that changes, and the training loss per optimizer step.
+    its momentum (or Adam's beta1) whenever that changes, the step size an adaptive optimizer
+    works out (Prodigy's and D-Adaptation's ``d`` times ``lr``, as ``lr_effective/encoder``), and
+    the training loss per optimizer step.
+
+    The loss is the mean of what ``training_step`` returned for the step's micro-batches, as the
+    user would compute it: Lightning hands callbacks that loss divided by
+    ``accumulate_grad_batches`` (automatic optimization), so it is multiplied back. It goes under
+    ``train_loss``, unless the module logs a key of that name itself: the module's values then
+    stand there (``train_loss``, ``train_loss_step``, ``train_loss_epoch``, as Lightning names
+    them), and ours goes under ``kiwi/train_loss``. Under DDP it is rank 0's.
 
     The loss stays on its device (summed over accumulated batches as a tensor): no host sync per
     step. Its state is the loss of a step in progress, so a checkpoint costs the same at any step.
@@ -120,12 +153,15 @@ class _StepRecorder:
         self._loss_sum: Any = None
         self._loss_count = 0
         self._logged_step = -1
+        self._loss_scale = 1
+        self._loss_keys: tuple[str, ...] | None = None
         self._momenta: dict[int, list[Any]] = {}
         self._plans: dict[int, _Plan] = {}
         self._sinks: list[Callable[[tuple[str, ...], list[Any], int], None]] = []
         self._pending: tuple[tuple[str, ...], list[Any], int, tuple[str, ...]] | None = None  # a step's LRs
         self._started: float | None = None
         self.seconds = 0.0
+        self.modes = OptimizerModes()
 
     def state_dict(self) -> dict[str, Any]:
         return {"loss_sum": None if self._loss_sum is None else self._loss_sum.detach().cpu(),
@@ -145,14 +181,32 @@ class _StepRecorder:
             for logger in expecting:
                 logger.expect_steps(steps)
         self._sinks = [_sink(logger) for logger in trainer.loggers] if trainer.is_global_zero else []
+        # Lightning's automatic optimization divides the loss it hands callbacks by this
+        self._loss_scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        self._loss_keys = None
+        self._plans.clear()
+        self.modes.start(trainer)
         self._started = time.perf_counter()
 
-    def _plan(self, optimizer: torch.optim.Optimizer) -> _Plan:
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.modes.to_train()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.modes.to_eval(trainer)
+
+    def _loss_key(self, trainer: Any) -> tuple[str, ...]:
+        """``train_loss``, or ``kiwi/train_loss`` when the module logs ``train_loss`` itself; decided
+        once a fit, after its first ``training_step`` has logged."""
+        if self._loss_keys is None:
+            self._loss_keys = OWN_TRAIN_LOSS if TRAIN_LOSS[0] in module_logged(trainer) else TRAIN_LOSS
+        return self._loss_keys
+
+    def _plan(self, trainer: Any, optimizer: torch.optim.Optimizer) -> _Plan:
         """Names worked out once per optimizer, not at every step (again if its groups change)."""
         known = self._plans.get(id(optimizer))
         if known is not None and known.size == len(optimizer.param_groups):
             return known
-        plan = self._plans[id(optimizer)] = _Plan(optimizer)
+        plan = self._plans[id(optimizer)] = _Plan(optimizer, self._loss_key(trainer))
         return plan
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -160,12 +214,14 @@ class _StepRecorder:
         if not sinks:
             return
         groups = optimizer.param_groups
-        plan = self._plan(optimizer)
+        plan = self._plan(trainer, optimizer)
         step = trainer.global_step
         if step == plan.logged_step:
             return  # once a step: LBFGS's closure makes Lightning call this at every evaluation
         plan.logged_step = step
         lrs = [groups[index]["lr"] for index in plan.indices]
+        if plan.adaptive:
+            lrs += [groups[index]["d"] * groups[index]["lr"] for index in plan.adaptive]
         if self._pending is not None:  # a second optimizer step in one batch
             self._emit(*self._pending[:3])
         # sent with the step's loss at the batch's end, as one row
@@ -186,6 +242,8 @@ class _StepRecorder:
         if isinstance(loss, torch.Tensor):
             if loss.requires_grad:  # Lightning's automatic optimization hands a detached copy already
                 loss = loss.detach()
+            if self._loss_scale != 1:
+                loss = loss * self._loss_scale
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum.to(loss.device) + loss
             self._loss_count += 1
         step = trainer.global_step - 1  # the optimizer step this batch completed, if any
@@ -197,7 +255,7 @@ class _StepRecorder:
                 values.append(mean)
                 pending = None
             else:
-                keys, values = TRAIN_LOSS, [mean]
+                keys, values = self._loss_key(trainer), [mean]
             self._emit(keys, values, step)
             self._loss_sum, self._loss_count, self._logged_step = None, 0, step
         if pending is not None:
@@ -208,6 +266,7 @@ class _StepRecorder:
             sink(keys, values, step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.modes.to_eval()  # what fit leaves, and what is saved or evaluated afterwards, is the average
         if self._pending is not None:
             self._emit(*self._pending[:3])
             self._pending = None
@@ -216,6 +275,16 @@ class _StepRecorder:
 
 
 TRAIN_LOSS = ("train_loss",)
+OWN_TRAIN_LOSS = ("kiwi/train_loss",)  # when the module logs train_loss itself
+
+
+def module_logged(trainer: Any) -> set[str]:
+    """The names the module has logged with ``self.log`` in the running loop, whether on_step,
+    on_epoch or both (Lightning keeps them in its result collection, the only place that knows an
+    on_epoch-only name before the epoch ends)."""
+    results = getattr(trainer, "_results", None)
+    names = {item.meta.name for item in results.values()} if results else set()
+    return names | set(trainer.callback_metrics)
 
 
 class _Plan:
@@ -223,7 +292,7 @@ class _Plan:
     param group (the halves of a group split by weight decay share its LR), and where its
     momentum is (``momentum``, or Adam's ``betas[0]``), for the groups that have a number there."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    def __init__(self, optimizer: torch.optim.Optimizer, loss_keys: tuple[str, ...] = TRAIN_LOSS):
         groups = optimizer.param_groups
         self.size = len(groups)
         self.logged_step = -1
@@ -235,8 +304,11 @@ class _Plan:
                 indices.append(index)
                 names.append(name)
         self.indices = tuple(indices)
-        self.lr_keys = tuple(f"lr/{name}" for name in names)
-        self.lr_loss_keys = self.lr_keys + TRAIN_LOSS
+        # adaptive-LR optimizers keep the step size they estimate as ``d`` in each group
+        adaptive = [(index, name) for index, name in zip(indices, names) if _is_number(groups[index].get("d"))]
+        self.adaptive = tuple(index for index, _ in adaptive)
+        self.lr_keys = tuple(f"lr/{name}" for name in names) + tuple(f"lr_effective/{name}" for _, name in adaptive)
+        self.lr_loss_keys = self.lr_keys + loss_keys
         self._momentum: list[tuple[int, str, bool]] = []  # index, key, whether it is betas[0]
         for index, name in zip(indices, names):
             group = groups[index]
@@ -249,6 +321,12 @@ class _Plan:
 
     def momenta(self, groups: list[dict[str, Any]]) -> list[Any]:
         return [groups[i]["betas"][0] if betas else groups[i]["momentum"] for i, _, betas in self._momentum]
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _sink(logger: Any) -> Callable[[tuple[str, ...], list[Any], int], None]:

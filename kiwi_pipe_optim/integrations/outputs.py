@@ -2,7 +2,7 @@
 
 ``plots/lr/<group>.csv`` holds one file per param group (``step,lr``), so that ``dvc plots show``
 and ``dvc plots diff`` draw every group, whatever the groups are called; ``plots/loss.csv`` the
-training loss per step; ``metrics.json`` the last value of every metric the run logged. Long runs
+loss the module returned per optimizer step; ``metrics.json`` the last value of every metric the run logged. Long runs
 are thinned to ``max_points`` rows per file (MLflow keeps every value). Each file is written to a
 temporary name and renamed: a crash never leaves half a file.
 """
@@ -25,7 +25,10 @@ from .journal import Journal
 METRICS_FILE = "metrics.json"
 LR_PLOTS = "plots/lr"
 LOSS_PLOT = "plots/loss.csv"
-NOT_METRICS = ("lr/", "momentum/", "epoch")
+NOT_METRICS = ("lr/", "lr_effective/", "momentum/", "epoch")
+# The loss the module returned, per optimizer step: under kiwi/train_loss when the module logs a
+# train_loss of its own (see :class:`.lightning._StepRecorder`).
+LOSS_KEYS = ("kiwi/train_loss", "train_loss")
 FINISHED_DIR = Path(".kiwi-pipe-optim") / "finished"
 
 
@@ -68,13 +71,14 @@ def write_outputs(out_dir: Path, journal: Journal, global_step: int, epochs: int
     records = journal.records()
     metrics: dict[str, Any] = {"steps": global_step, "epochs": epochs}
     texts: dict[str, str] = {}
+    loss_key = next((key for key in LOSS_KEYS if key in journal.keys), None)
     for index, key in enumerate(journal.keys):
         mine = records[records["key"] == index]
         if not len(mine):
             continue
         if key.startswith("lr/"):
             texts[f"{LR_PLOTS}/{key[3:]}.csv"] = _csv(["step", "lr"], _thin(mine["step"], mine["value"], max_points))
-        elif key == "train_loss":
+        elif key == loss_key:
             texts[LOSS_PLOT] = _csv(["step", "train_loss"], _thin(mine["step"], mine["value"], max_points))
         if not key.startswith(NOT_METRICS):
             metrics[key] = float(mine["value"][-1])

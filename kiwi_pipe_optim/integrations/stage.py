@@ -226,7 +226,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
                               sender=params.mlflow.sender)
     saver = checkpointer(flavor, path=checkpoint_path, every_n_steps=params.checkpoint.every_n_steps,
                          params=run_defining(params.raw), config=params.optimizer,
-                         run_id=tracker.run_id if tracker else None)
+                         run_id=tracker.run_id if tracker else None, modes=recorder.modes)
     status = "FAILED"
     try:
         if tracker is not None:
