@@ -56,6 +56,10 @@ def _validate(args: argparse.Namespace) -> int:
         text += ("# checked as the train stage will: every params group, the classes and their arguments, the "
                  "Trainer, the files named\n")
     failed = _print_findings(findings, args.params, lines)
+    if args.output:  # the pipeline's check stage: schedule and train then do not repeat these
+        from .integrations.shown import remember_shown
+
+        remember_shown(args.params, [] if failed else findings)
     if args.output and not failed:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
@@ -145,7 +149,10 @@ def _preview(args: argparse.Namespace) -> int:
         print(f"wrote {write_csv(args.csv, result, args.max_points)}")
     if args.png:
         print(f"wrote {plot_png(args.png, result)}")
-    _print_findings([f for f in findings if f.level != "error"], args.params, lines)
+    from .integrations.shown import already_shown
+
+    shown = already_shown(args.params)
+    _print_findings([f for f in findings if f.level != "error" and str(f) not in shown], args.params, lines)
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Union
 import torch
 
 from .config import OptimizerConfig
-from .errors import ConfigError, Problem, choices, did_you_mean
+from .errors import ConfigError, Problem, choices, did_you_mean, show
 from .lint import lint, report
 from .param_groups import DEFAULT_GROUP, ENCODER_GROUP, named_groups
 from .resolve import resolve_for
@@ -129,6 +129,17 @@ def from_config(
     return [optimizer], [scheduler_config]
 
 
+def build_optimizer(config: OptimizerConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer alone, with ``from_config``'s groups and checks, no schedule (so no step count
+    needed): ``validate`` builds it on a model on the meta device.
+
+    Raises:
+        ConfigError: what the constructor refuses, naming ``optimizer.options.<key>`` where one
+            option is at fault, or an option a ``**kwargs`` class would ignore.
+    """
+    return _build(config, _groups(config, module)[0])
+
+
 def _groups(config: OptimizerConfig, parameters: Any) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """Param groups (copies, trainable tensors only, each named) and every tensor seen."""
     if isinstance(parameters, torch.nn.Module):
@@ -189,16 +200,63 @@ def _build(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim
         # The fused kernels step several times faster than torch's default per-tensor loop on CPU
         # and CUDA; where a parameter's device or dtype has none, torch refuses at construction.
         try:
-            return cls(groups, **kwargs, fused=True)
+            return _checked(config, cls(_probe(groups), **kwargs, fused=True), cls, groups, kwargs)
         except (RuntimeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
             logger.info("optimizer.implementation: auto: no fused %s for these parameters (%s); using torch's "
                         "default", config.class_name, str(e).splitlines()[0][:160])
     try:
-        return cls(groups, **kwargs)
-    except (RuntimeError, ValueError, TypeError) as e:  # TypeError: an import-path class refusing an option
-        raise ConfigError(Problem(
-            "optimizer.class_name", f"{config.class_name} cannot optimize these parameters: {str(e).splitlines()[0]}"
-        )) from None
+        optimizer = cls(_probe(groups), **kwargs)
+    except Exception as e:  # noqa: BLE001 - a package's class refuses with whatever it likes
+        raise _refusal(config, cls, groups, kwargs, e) from None
+    return _checked(config, optimizer, cls, groups, kwargs)
+
+
+def _checked(config: OptimizerConfig, optimizer: torch.optim.Optimizer, cls: type,
+             groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """A class that takes ``**kwargs`` (all of pytorch-optimizer's) accepts any name, and some copy
+    them into ``defaults`` unread: an option is real if the signature names it, or if the class
+    keeps it in its ``defaults`` when it is not given."""
+    spec = config.optimizer_spec
+    unnamed = [key for key in config.options if key not in spec.options]
+    if spec.open_options and unnamed:
+        bare = cls(_probe(groups), **{k: v for k, v in kwargs.items() if k not in unnamed})
+        accepted = sorted({*spec.options, *bare.defaults} - {"params", "lr", "weight_decay"})
+        ignored = [key for key in unnamed if key not in accepted]
+        if ignored:
+            raise ConfigError([Problem(f"optimizer.options.{key}", f"not an option of {config.class_name}"
+                                       f"{did_you_mean(key, accepted)} (it takes **kwargs and would ignore it); "
+                                       f"{config.class_name} accepts: {', '.join(accepted)}") for key in ignored])
+    return optimizer
+
+
+def _refusal(config: OptimizerConfig, cls: type, groups: list[dict[str, Any]], kwargs: dict[str, Any],
+             error: Exception) -> ConfigError:
+    """The constructor's refusal in one line, naming the option at fault where one is: the class is
+    built again without the user's options, then with each alone."""
+    def refuses(options: dict[str, Any]) -> bool:
+        try:
+            cls(_probe(groups), **options)
+        except Exception:  # noqa: BLE001
+            return True
+        return False
+
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
+    base = {k: v for k, v in kwargs.items() if k not in config.options}
+    if config.options and not refuses(base):
+        culprits = [key for key in config.options if refuses({**base, key: kwargs[key]})]
+        if culprits:
+            return ConfigError([Problem(f"optimizer.options.{key}", f"{show(config.options[key])} is refused by "
+                                        f"{config.class_name}: {reason}") for key in culprits])
+    return ConfigError(Problem("optimizer.class_name",
+                               f"{config.class_name} cannot optimize these parameters: {reason}"))
+
+
+def _probe(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A fresh copy of the groups for each construction: torch's ``add_param_group`` writes the
+    class's defaults into the dicts it is given (a refused fused attempt would leave ``fused``)."""
+    return [dict(g, params=list(g["params"])) for g in groups]
 
 
 def implementation_of(optimizer: torch.optim.Optimizer) -> str:

@@ -264,8 +264,13 @@ def _spec_from_path(path: str) -> OptimizerSpec:
     options = {n: OptionSpec(_option_kind(p.default), None if p.default is p.empty else p.default)
                for n, p in parameters.items()
                if n not in _OWN_FIELDS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    lr = parameters["lr"].default if "lr" in parameters else None
+    # The class's own default LR says its scale: Prodigy and D-Adaptation take 1.0 (they adapt the
+    # step size themselves), Lion 1e-4. Two decades either side, the span of the registry's ranges.
+    typical = (lr / 100, lr * 100) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 \
+        else OptimizerSpec.typical_lr
     return OptimizerSpec(
-        path, cls.__name__, (inspect.getdoc(cls) or cls.__name__).splitlines()[0], options,
+        path, cls.__name__, (inspect.getdoc(cls) or cls.__name__).splitlines()[0], options, typical_lr=typical,
         weight_decay="weight_decay" in parameters, fused="fused" in parameters, foreach="foreach" in parameters,
         path=path, open_options=any(p.kind is p.VAR_KEYWORD for p in parameters.values()),
     )

@@ -164,3 +164,47 @@ def test_prodigy_logs_the_step_size_it_adapts_beside_its_constant_lr():
     assert [v for _, v in logged["lr/default"]] == [1.0] * 6
     effective = [v for _, v in logged["lr_effective/default"]]
     assert len(effective) == 6 and effective[0] == pytest.approx(1e-6) and effective[-1] > effective[0]
+
+
+PACKAGE_OPTIMIZERS = {"Lion": 1e-4, "Prodigy": 1.0, "SOAP": 3e-3, "ADOPT": 1e-3, "ScheduleFreeAdamW": 2.5e-3}
+PARAMS = """
+data: {class_path: kiwi_pipe_optim.examples.digits_data:DigitsDataModule, init_args: {limit: 200}}
+model: {class_path: kiwi_pipe_optim.examples.digits:DigitsMLP, init_args: {hidden: 16}}
+trainer: {max_epochs: 1}
+optimizer: {class_name: "pytorch_optimizer:%s", learning_rate: %r, weight_decay: 0.01}
+"""
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGE_OPTIMIZERS))
+def test_pytorch_optimizer_classes_validate_and_train(name, tmp_path, monkeypatch, capsys):
+    from kiwi_pipe_optim.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS % (name, PACKAGE_OPTIMIZERS[name]))
+    assert main(["validate", "params.yaml"]) == 0
+    assert "warning" not in capsys.readouterr().err  # their LR scale is known: no "far above the usual range"
+    module = Recording()
+    before = [p.detach().clone() for p in module.parameters()]
+    config = OptimizerConfig(class_name=f"pytorch_optimizer:{name}", learning_rate=PACKAGE_OPTIMIZERS[name])
+    trainer, logged = fit(module, config, max_steps=4)
+    assert trainer.global_step == 4 and len(logged["lr/default"]) == 4
+    assert type(trainer.optimizers[0]).__name__ == name
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("options, named", [({"betaz": [0.9, 0.99]}, "optimizer.options.betaz: not an option of "
+                                             "pytorch_optimizer:Lion (did you mean 'betas'?)"),
+                                            ({"betas": 0.9}, "optimizer.options.betas: 0.9 is refused by "
+                                             "pytorch_optimizer:Lion: TypeError: 'float' object is not subscriptable")])
+def test_validate_builds_the_optimizer_and_names_the_option_it_refuses(options, named, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from kiwi_pipe_optim.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(PARAMS % ("Lion", 1e-4))
+    params["optimizer"]["options"] = options
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["validate", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

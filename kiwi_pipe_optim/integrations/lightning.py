@@ -8,6 +8,7 @@ which one the user's module derives from, and builds the trainer and callbacks f
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import time
 from types import ModuleType
@@ -22,6 +23,7 @@ from ..resolve import ResolvedSchedule, resolve_for
 from .modes import OptimizerModes
 
 FLAVORS = ("lightning.pytorch", "pytorch_lightning")
+logger = logging.getLogger("kiwi_pipe_optim")
 
 
 def flavor_of(obj: Any) -> ModuleType:
@@ -65,9 +67,34 @@ def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "e
         ...     def configure_optimizers(self):
         ...         return configure_optimizers(self, self.hparams.optimizer)
     """
-    steps = run_step_count(getattr(module, "_trainer", None))
+    trainer = getattr(module, "_trainer", None)
+    steps = run_step_count(trainer)
+    config = _kernels_for(config, trainer)
     module.kiwi_resolved = resolve_for(config, module, training_data_size=steps)
     return from_config(config, module, model_size=module.kiwi_resolved.model_size, training_data_size=steps)
+
+
+MIXED = ("16", "bf16", "16-mixed", "bf16-mixed")
+
+
+def clips_under_mixed_precision(trainer: Any) -> bool:
+    """Lightning refuses, at the first step, to clip the gradients of an optimizer that unscales
+    them itself (a fused one) under mixed precision."""
+    precision = trainer.get("precision") if isinstance(trainer, dict) else getattr(trainer, "precision", None)
+    clip = trainer.get("gradient_clip_val") if isinstance(trainer, dict) else getattr(trainer, "gradient_clip_val", None)
+    return str(precision) in MIXED and bool(clip) and float(clip) > 0
+
+
+def _kernels_for(config: OptimizerConfig, trainer: Any) -> OptimizerConfig:
+    """``implementation: auto`` would pick fused kernels, which Lightning refuses to clip under mixed
+    precision: foreach there (the loop where the class has none), recorded in ``resolved.implementation``."""
+    spec = config.optimizer_spec
+    if trainer is None or config.implementation != "auto" or not spec.fused or not clips_under_mixed_precision(trainer):
+        return config
+    chosen = "foreach" if spec.foreach else "loop"
+    logger.info("optimizer.implementation: auto: %s, not fused: Lightning does not clip the gradients of a fused "
+                "optimizer under %s precision (trainer.gradient_clip_val)", chosen, trainer.precision)
+    return config.model_copy(update={"implementation": chosen})
 
 
 class KiwiOptimizers:

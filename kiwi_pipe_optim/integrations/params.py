@@ -48,13 +48,24 @@ class ImportedParams(BaseModel):
 
 
 class TrainerParams(BaseModel):
-    """Arguments of ``Trainer`` (checked against its signature before training) plus ``seed``."""
+    """Arguments of ``Trainer`` plus ``seed``: every other key is checked against the Trainer's
+    signature, and the values by building a Trainer, so what Lightning accepts is accepted here
+    (``max_steps: -1``, ``limit_train_batches: 0.5`` or ``10``, ``val_check_interval`` ...)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     seed: int = Field(0, description="Seed of torch, numpy and Python's random, for a deterministic run.")
-    max_epochs: Optional[int] = Field(None, ge=1, description="Epochs to train.")
+    max_epochs: Optional[int] = Field(None, description="Epochs to train; -1 for no limit (then set max_steps), "
+                                      "as in Lightning.")
     accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _epochs(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value != -1 and value < 1:
+            raise ValueError(f"{value} trains nothing; use a number of epochs >= 1, or -1 for no epoch limit "
+                             f"(with max_steps), as Lightning takes it")
+        return value
 
     def trainer_kwargs(self) -> dict[str, Any]:
         kwargs = {k: v for k, v in self.model_dump().items() if k != "seed" and v is not None}

@@ -47,7 +47,7 @@ def preflight(params_path: str | Path, section: str = "optimizer", out_dir: str 
         raise ConfigError(Problem("model.class_path", str(e))) from None
     problems = []
     checks = [lambda: trainer_kwargs(flavor, params, []), lambda: check_init_args(model_cls, params.model, "model"),
-              lambda: check_init_args(data_cls, params.data, "data")]
+              lambda: check_init_args(data_cls, params.data, "data"), lambda: check_kernels(params)]
     if params.optimizer.load is not None:
         from ..state import read_state
 
@@ -79,6 +79,16 @@ def trainer_kwargs(flavor: Any, params: StageParams, callbacks: list[Any], logge
     kwargs = {"deterministic": True, **given}
     kwargs.update(logger=logger, enable_checkpointing=False, callbacks=callbacks)
     return kwargs
+
+
+def check_kernels(params: StageParams) -> None:
+    """``implementation: fused`` with clipping under mixed precision, refused before DVC deletes
+    anything (``auto`` picks foreach there instead: :func:`.lightning.configure_optimizers`)."""
+    if params.optimizer.implementation == "fused" and kl.clips_under_mixed_precision(params.trainer.trainer_kwargs()):
+        raise ConfigError(Problem("optimizer.implementation", "fused with trainer.gradient_clip_val under "
+                                  f"trainer.precision {params.trainer.trainer_kwargs()['precision']!s}: Lightning "
+                                  "does not clip the gradients of a fused optimizer under mixed precision; use "
+                                  "implementation: auto (foreach there) or foreach, or remove gradient_clip_val"))
 
 
 def check_trainer(flavor: Any, params: StageParams) -> None:
@@ -127,9 +137,14 @@ def check_all(params_path: str | Path, section: str = "optimizer", out_dir: str 
     from .classes import instantiate, model_on_meta
     from .model_lint import lint_model
 
+    from ..optimizers import build_optimizer
+
     checked = preflight(params_path, section, out_dir)
     params = checked.params
     instantiate(checked.data_cls, params.data, "data")
-    assign(model_on_meta(params), params.optimizer)
+    model = model_on_meta(params)
+    assign(model, params.optimizer)
+    # built as train will build it, on the meta device: whatever its constructor refuses stops here
+    build_optimizer(params.optimizer.model_copy(update={"implementation": "loop"}), model)
     check_trainer(checked.flavor, params)
     return params.optimizer, lint(params.optimizer) + lint_model(params.optimizer, checked.model_cls)

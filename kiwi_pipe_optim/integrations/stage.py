@@ -32,6 +32,7 @@ from .hooks import stage_callback
 from .journal import Journal, rewind
 from .logger import kiwi_logger
 from .sender import lock_journal
+from .shown import already_shown
 from .model_lint import lint_model
 from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams
@@ -141,6 +142,7 @@ def _run(params_path: str | Path, out_dir: str | Path, section: str) -> dict[str
     params, model_cls, data_cls, flavor, point = (checked.params, checked.model_cls, checked.data_cls,
                                                   checked.flavor, checked.point)
     _, lines = read_params(params_path)
+    params.optimizer._reported.update(already_shown(params_path))  # printed by the check stage already
     report(params.optimizer, lint(params.optimizer) + lint_model(params.optimizer, model_cls),
            emit=lambda finding: logger.warning("%s", finding.located(str(params_path), lines)))
     checkpoint_path = out_dir / CHECKPOINT_FILE

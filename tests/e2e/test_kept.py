@@ -20,6 +20,19 @@ MISTAKES = {
     "checkpoint": ("checkpoint", None, "every_n_steps", "often", "checkpoint.every_n_steps"),
 }
 
+# What the optimizer's constructor or Lightning would refuse only in `train`, found at `check`
+# by building: {section: {key: value}}, the dotted keys the message names.
+BUILT = {
+    "kwargs_class_ignores_a_typo": ({"optimizer": {"class_name": "pytorch_optimizer:Lion", "learning_rate": 1e-4,
+                                                   "options": {"betaz": [0.9, 0.99]}}},
+                                    ["optimizer.options.betaz", "betas"]),
+    "lion_betas_not_a_pair": ({"optimizer": {"class_name": "pytorch_optimizer:Lion", "learning_rate": 1e-4,
+                                             "options": {"betas": 0.9}}}, ["optimizer.options.betas", "0.9"]),
+    "fused_clipped_under_mixed_precision": ({"optimizer": {"implementation": "fused"},
+                                             "trainer": {"precision": "bf16-mixed", "gradient_clip_val": 1.0}},
+                                            ["optimizer.implementation", "trainer.gradient_clip_val"]),
+}
+
 
 def test_bad_params_in_any_group_keep_the_last_outputs(repo_factory):
     repo = repo_factory()
@@ -35,5 +48,16 @@ def test_bad_params_in_any_group_keep_the_last_outputs(repo_factory):
         assert "params.yaml:" in result.stderr and dotted in result.stderr, (group, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, group
         assert {name: (repo / name).read_bytes() for name in OUTPUTS} == before, group
+    for case, (override, named) in BUILT.items():
+        params = yaml.safe_load(good)
+        for section, values in override.items():
+            params[section] = {**params[section], **values}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = sh(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0, case
+        assert "ERROR: failed to reproduce 'check'" in result.stderr, (case, result.stderr[-2000:])
+        assert all(word in result.stderr for word in named), (case, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, case
+        assert {name: (repo / name).read_bytes() for name in OUTPUTS} == before, case
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     assert len(client.search_runs([client.get_experiment_by_name("kiwi-pipe-optim").experiment_id])) == 1

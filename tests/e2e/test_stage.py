@@ -150,3 +150,47 @@ def test_a_finding_is_printed_once_and_the_kernel_used_is_logged(repo_factory):
     _, run = only_run(repo)
     assert run.data.params["resolved.schedule"] == "plateau"
     assert run.data.params["resolved.implementation"] == "fused"  # auto: torch's fused SGD exists on CPU
+
+
+EPOCH_LOSS = '''
+from torch.nn import functional as F
+
+from kiwi_pipe_optim.examples.digits import DigitsMLP
+
+
+class EpochLossDigits(DigitsMLP):
+    """Logs its own train_loss once an epoch (Lightning's epoch mean), and returns 3x that loss."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return 3 * loss
+'''
+
+
+def test_a_module_logging_its_own_train_loss_keeps_it_and_no_epoch_limit_runs_max_steps(repo_factory):
+    """max_epochs: -1 is Lightning's "no epoch limit": max_steps ends the run."""
+    repo = repo_factory({"model": {"class_path": "user_epoch:EpochLossDigits", "init_args": {"hidden": 16}},
+                         "trainer": {"max_epochs": -1, "max_steps": 12}})
+    (repo / "user_epoch.py").write_text(EPOCH_LOSS)
+    result = stage(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert metrics["steps"] == 12
+    c, run = only_run(repo)
+    theirs = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, "train_loss"))
+    ours = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, "kiwi/train_loss"))
+    assert len(theirs) == 3 and len(ours) == 12  # 5 batches an epoch: 2 whole epochs and the one max_steps cut
+    assert metrics["train_loss"] == pytest.approx(theirs[-1][1]) and metrics["kiwi/train_loss"] == pytest.approx(ours[-1][1])
+    assert all(value > 2 * theirs[0][1] for _, value in ours[:5])  # ours is the returned 3x loss
+    assert (repo / "plots/loss.csv").read_text().splitlines()[1].startswith("0,")
+
+
+def test_fused_kernels_give_way_to_foreach_when_clipping_under_mixed_precision(repo_factory):
+    repo = repo_factory({"trainer": {"precision": "bf16-mixed", "gradient_clip_val": 1.0, "max_epochs": 1}})
+    result = stage(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "auto: foreach, not fused" in result.stderr
+    _, run = only_run(repo)
+    assert run.info.status == "FINISHED" and run.data.params["resolved.implementation"] == "foreach"

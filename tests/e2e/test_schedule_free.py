@@ -1,0 +1,135 @@
+"""Schedule-free optimizers (Meta's ``schedulefree``, ``pytorch-optimizer``'s) through ``dvc exp
+run``: the run ends FINISHED, validation sees the averaged weights exactly as the packages'
+READMEs' hand-switched loop does, and a kill -9 then ``dvc repro`` resumes with bitwise curves."""
+
+import importlib
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.e2e.conftest import sh
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("schedulefree")
+pytest.importorskip("pytorch_optimizer")
+
+USER = '''
+import os
+import signal
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Pairs(L.LightningDataModule):
+    """40 training and 16 validation examples, in order: no sampler draws from a generator."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randint(0, 10, (56, 4), generator=g)
+        self.y = torch.randint(0, 2, (56,), generator=g)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x[:40], self.y[:40]), batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.x[40:], self.y[40:]), batch_size=8)
+
+
+class Tiny(L.LightningModule):
+    """No dropout, no norm: only the optimizer's mode changes what validation sees. Killed with
+    SIGKILL once at optimizer step $DIE_AT_STEP."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+    def training_step(self, batch, _):
+        at = os.environ.get("DIE_AT_STEP")
+        if at and self.global_step == int(at) and not os.path.exists("died"):
+            open("died", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+'''
+EPOCHS = 4  # 5 steps an epoch: 20 steps
+KEYS = ("lr/default", "train_loss", "val_loss")
+
+
+def make(repo_factory, name, class_name, every_n_steps=3):
+    repo = repo_factory({
+        "data": {"class_path": "user_sf:Pairs"}, "model": {"class_path": "user_sf:Tiny"},
+        "trainer": {"max_epochs": EPOCHS},
+        "optimizer": {"class_name": class_name, "learning_rate": 0.01, "weight_decay": 0.0, "warmup_steps": None,
+                      "encoder_learning_rate": None},
+        "checkpoint": {"every_n_steps": every_n_steps}}, name=name)
+    (repo / "user_sf.py").write_text(USER)
+    sh(["git", "add", "user_sf.py"], repo)
+    sh(["git", "commit", "-qm", "user classes"], repo)
+    return repo
+
+
+def hand_loop(repo, class_name):
+    """What the packages' READMEs say: ``train()`` before training, ``eval()`` before evaluating."""
+    import lightning.pytorch as L
+
+    sys.path.insert(0, str(repo))
+    try:
+        user = importlib.import_module("user_sf")
+    finally:
+        sys.path.remove(str(repo))
+        sys.modules.pop("user_sf", None)
+    module_name, _, name = class_name.partition(":")
+    L.seed_everything(0, workers=True, verbose=False)
+    data = user.Pairs()
+    model = user.Tiny()
+    optimizer = getattr(importlib.import_module(module_name), name)(model.parameters(), lr=0.01, weight_decay=0.0)
+    val = []
+    for _ in range(EPOCHS):
+        optimizer.train()
+        for x, y in data.train_dataloader():
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        optimizer.eval()
+        with torch.no_grad():
+            losses = [torch.nn.functional.cross_entropy(model(x), y) for x, y in data.val_dataloader()]
+        val.append(float(torch.stack(losses).mean()))
+    return val
+
+
+def run_of(repo):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
+    return run, {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                         key=lambda m: m.step)] for key in KEYS}
+
+
+@pytest.mark.parametrize("class_name", ["schedulefree:AdamWScheduleFree", "pytorch_optimizer:ScheduleFreeAdamW"])
+def test_schedule_free_through_exp_run_validates_the_average_and_resumes_bitwise(repo_factory, class_name):
+    straight = make(repo_factory, "straight", class_name)
+    sh(["dvc", "exp", "run"], straight)
+    run, curves = run_of(straight)
+    assert run.info.status == "FINISHED"
+    assert [v for _, v in curves["val_loss"]] == pytest.approx(hand_loop(straight, class_name), rel=1e-5)
+
+    # a save switches to eval and back, as the straight run did at the same steps
+    killed = make(repo_factory, "killed", class_name)
+    crashed = sh(["dvc", "repro"], killed, check=False, DIE_AT_STEP="8")
+    assert crashed.returncode != 0 and (killed / "died").exists()
+    resumed = sh(["dvc", "repro"], killed, DIE_AT_STEP="8")
+    assert "resuming from step 6" in resumed.stderr
+    run, resumed_curves = run_of(killed)
+    assert run.info.status == "FINISHED"
+    assert resumed_curves == curves  # bitwise: the same eval/train switches at the same steps
