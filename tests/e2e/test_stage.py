@@ -194,3 +194,16 @@ def test_fused_kernels_give_way_to_foreach_when_clipping_under_mixed_precision(r
     assert "auto: foreach, not fused" in result.stderr
     _, run = only_run(repo)
     assert run.info.status == "FINISHED" and run.data.params["resolved.implementation"] == "foreach"
+
+
+def test_a_finding_is_printed_once_in_a_whole_dvc_repro(repo_factory):
+    """check, schedule and train all see the finding; check prints it, the others do not again."""
+    repo = repo_factory({"optimizer": {"class_name": "sgd", "learning_rate": 0.1}})  # warmup_steps 0.1 stays
+    result = sh(["dvc", "repro"], repo)
+    output = result.stdout + result.stderr
+    assert output.count("optimizer.warmup_steps: 0.1 is not used by the none schedule") == 1, output[-4000:]
+    # a changed params file is a new run: the finding is shown again
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("learning_rate: 0.1",
+                                                                                 "learning_rate: 0.05"))
+    again = sh(["dvc", "repro"], repo)
+    assert (again.stdout + again.stderr).count("optimizer.warmup_steps: 0.1 is not used") == 1
