@@ -1,4 +1,5 @@
-# `make run`: set up .venv and run the DVC pipeline; `make test`: set up and run the tests.
+# `make run`: set up .venv and run the DVC pipeline; `make test`: set up and run every test;
+# `make test-fast`: the tests without the end-to-end ones (no DVC, no browser), for the edit loop.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 # other install replaces it): install the build you want there first.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test browser
+.PHONY: setup run test test-fast browser
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,5 +27,12 @@ browser:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# Two workers; a module's tests that share one trained repository, and the tests that time or
+# run several processes at once, each stay on one worker (their xdist_group).
+PYTEST := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
+
 test: setup browser
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) --ignore=tests/e2e

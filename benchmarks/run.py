@@ -392,7 +392,7 @@ def logging_cost(rounds: int) -> list[Row]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from kiwi_pipe_optim.integrations.mlflow import MlflowRun
+    from kiwi_pipe_optim.integrations.tracking.run import MlflowRun
 
     with tempfile.TemporaryDirectory() as name:
         uri = f"sqlite:///{Path(name) / 'cost.db'}"
@@ -412,10 +412,12 @@ def logging_cost(rounds: int) -> list[Row]:
 
         def ours() -> float:
             started = time.perf_counter()
+            rows = []
             for _ in range(2000):
-                ours_run.add("lr/default", 0.1, step[0])
+                rows.append((("lr/default",), [0.1], int(time.time() * 1000), step[0]))
                 step[0] += 1
-            ours_run.flush()
+            ours_run.journal.append_rows(rows)
+            ours_run.send()
             return (time.perf_counter() - started) / 2000
 
         r = interleaved({"sync": sync, "ours": ours}, rounds)

@@ -19,7 +19,7 @@ from typing import Any
 from .config import OptimizerConfig, load_config
 from .errors import ConfigError, Problem
 from .params_file import read_params
-from .resolve import ResolvedSchedule
+from .resolved import ResolvedSchedule
 from .schedules import list_schedules
 from .specs import list_optimizers
 

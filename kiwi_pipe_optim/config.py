@@ -15,16 +15,16 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       model_validator)
 
 from .errors import ConfigError, Problem, choices, did_you_mean, show
-from .fields import (_as_float, DecayFactor, Timescale, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate, Patience, Power,
-                     Problems, Ratio, Scale, TrainingSteps, WarmupSteps, WeightDecay, mode_name, one_of, option_value,
+from .fields import (DecayFactor, GroupLearningRate, GroupName, LearningRate, MetricName, OptionalLearningRate,
+                     Patience, Problems, Scale, TrainingSteps, WeightDecay, mode_name, one_of, option_value, ranged,
                      written_as_one)
 from .params_file import SECTION, find_section, missing_section, problems_from, read_params
-from .resolve import ResolvedSchedule, resolve, warmup_too_long
-from .schedules import DECAY_SCHEDULE, NO_SCHEDULE, SCHEDULE_SPECS, ScheduleSpec
-from .fields import (CycleMultField, CycleSteps, DecayShapeField, DecaySteps, MilestonesField, MinLR, StepSize,
-                     WarmupStartLR)
 from .phases import Phases
+from .resolve import resolve, warmup_too_long
+from .resolved import ResolvedSchedule
 from .schedule_checks import phase_problems, schedule_problems
+from .schedule_fields import ScheduleFields
+from .schedules import DECAY_SCHEDULE, NO_SCHEDULE, SCHEDULE_SPECS
 from .specs import IMPLEMENTATIONS, OPTIMIZER_SPECS, RETIRED, OptimizerSpec, is_import_path, optimizer_spec
 
 
@@ -36,17 +36,7 @@ ADAMW_HALF = "/adamw"
 MUON = "muon"
 
 
-def _layer_decay(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    allowed = "use a factor in (0, 1] such as 0.75"
-    result = _as_float(value, allowed)
-    if not 0.0 < result <= 1.0:
-        raise ValueError(f"{show(value)} is outside (0, 1]; {allowed}")
-    return result
-
-
-LayerDecay = Annotated[Optional[float], BeforeValidator(_layer_decay)]
+LayerDecay = Annotated[Optional[float], ranged("use a factor in (0, 1] such as 0.75", 0.0, 1.0, open_low=True)]
 LoadPath = Annotated[Optional[Path], BeforeValidator(lambda value: _load_exists(value))]
 WeightDecayExclude = Annotated[str, one_of(("auto", "none"), "weight_decay_exclude rule", "auto, none")]
 # Options that have a field of their own, or that optimizer.implementation chooses.
@@ -88,7 +78,7 @@ class GroupRule(BaseModel):
         return self
 
 
-class OptimizerConfig(BaseModel):
+class OptimizerConfig(ScheduleFields):
     """The ``optimizer:`` section of ``params.yaml`` (OpenKiwi's format, plus explicit choices).
 
     Unknown keys are rejected. Numbers written as strings (``"1e-5"``, as YAML 1.1 loaders and
@@ -102,7 +92,10 @@ class OptimizerConfig(BaseModel):
         ('linear', 1200)
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    key_order = ("class_name", "learning_rate", "encoder_learning_rate", "warmup_steps", "training_steps",
+                 "learning_rate_decay", "learning_rate_decay_start", "load", "scheduler", "weight_decay",
+                 "weight_decay_exclude", "options", "implementation", "monitor", "mode", "power", "final_lr_ratio",
+                 "timescale")
 
     class_name: str = Field(description="Optimizer name, a key of OPTIMIZERS_MAPPING, or any torch.optim.Optimizer "
                             "subclass as 'package.module:ClassName'.",
@@ -112,8 +105,6 @@ class OptimizerConfig(BaseModel):
                                         "adagrad 0.1, adadelta 1, adam 0.001.")
     encoder_learning_rate: OptionalLearningRate = Field(
         None, description="Learning rate of the model's `encoder` parameters; the rest keep learning_rate.")
-    warmup_steps: WarmupSteps = Field(None, description="Warm-up length: a whole number of optimizer steps, or a "
-                                      "fraction in [0, 1] of training_steps (1 means the whole run).")
     training_steps: TrainingSteps = Field(
         None, ge=1, description="Total optimizer steps of the run; by default what the trainer will run.")
     learning_rate_decay: DecayFactor = Field(
@@ -140,21 +131,6 @@ class OptimizerConfig(BaseModel):
     mode: Mode = Field(
         "min", description="Whether the monitored metric improves when it goes down or up.",
         json_schema_extra={"enum": ["min", "max"]})
-    power: Power = Field(None, description="Exponent of the polynomial schedule (default 1).")
-    final_lr_ratio: Ratio = Field(
-        None, description="LR at the end of the decay (linear, cosine, polynomial, wsd, cosine_restarts, one_cycle), "
-        "as a fraction of the peak (default 0); or give min_lr.")
-    timescale: Timescale = Field(None, description="Steps over which inverse_sqrt decays after warm-up (LR halved "
-                                 "after 3 timescales); default: warmup_steps, or 1 without warm-up (transformers: "
-                                 "10000).")
-    warmup_start_lr: WarmupStartLR = None
-    min_lr: MinLR = None
-    decay_steps: DecaySteps = None
-    decay_shape: DecayShapeField = None
-    cycle_steps: CycleSteps = None
-    cycle_mult: CycleMultField = None
-    step_size: StepSize = None
-    milestones: MilestonesField = None
     phases: Phases = None
     param_groups: Optional[list[GroupRule]] = Field(
         None, description="Ordered param-group rules, first match wins; the rest form the group 'default'.")
@@ -212,10 +188,6 @@ class OptimizerConfig(BaseModel):
         if self.optimizer_spec.default_schedule is not None:
             return self.optimizer_spec.default_schedule
         return DECAY_SCHEDULE if 0 < self.learning_rate_decay < 1 else NO_SCHEDULE
-
-    @property
-    def schedule_spec(self) -> ScheduleSpec:
-        return SCHEDULE_SPECS[self.schedule_name]
 
     @property
     def warmup_written_as_one(self) -> bool:

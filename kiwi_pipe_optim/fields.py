@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator
 
 from .errors import Problem, choices, did_you_mean, show
 from .multipliers import DECAY_SHAPES
@@ -51,18 +51,36 @@ def _as_float(value: Any, allowed: str) -> float:
         raise ValueError(f"{show(value)} is too large; {allowed}") from None
 
 
-def positive_float(example: str) -> Any:
-    def check(value: Any) -> Optional[float]:
-        if value is None:
-            return None
-        result = _as_float(value, f"use a positive float such as {example}")
-        if not math.isfinite(result):
-            raise ValueError(f"{show(result)} is not a finite number; use a positive float such as {example}")
-        if result <= 0:
-            raise ValueError(f"{show(value)} is not positive; use a positive float such as {example}")
-        return result
+def float_in(value: Any, allowed: str, low: float = -math.inf, high: float = math.inf, *, open_low: bool = False,
+             open_high: bool = False, wrong: str = "", fix: str = "") -> float:
+    """``value`` as a finite float within ``low`` and ``high`` (excluded when open), or a message.
 
-    return BeforeValidator(check)
+    Every bounded number of the section and of the optimizer options is checked here, so that
+    they all say the same things in the same words: what is wrong (``wrong``, by default the
+    interval missed), then how to fix it (``fix``, by default ``allowed``, which also follows a
+    value that is no number or not finite).
+    """
+    result = _as_float(value, allowed)
+    if not math.isfinite(result):
+        raise ValueError(f"{show(result)} is not a finite number; {allowed}")
+    if result < low or result > high or (open_low and result == low) or (open_high and result == high):
+        raise ValueError(f"{show(value)} {wrong or _missed(low, high, open_low, open_high)}; {fix or allowed}")
+    return result
+
+
+def _missed(low: float, high: float, open_low: bool, open_high: bool) -> str:
+    if math.isinf(high):
+        return "is not positive" if low == 0 and open_low else f"is below {low:g}"
+    return f"is outside {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def ranged(allowed: str, low: float = -math.inf, high: float = math.inf, **how: Any) -> Any:
+    """An optional field checked by :func:`float_in`."""
+    return BeforeValidator(lambda value: None if value is None else float_in(value, allowed, low, high, **how))
+
+
+def positive_float(example: str) -> Any:
+    return ranged(f"use a positive float such as {example}", 0.0, open_low=True)
 
 
 def whole(minimum: int, what: str) -> Any:
@@ -84,30 +102,11 @@ def whole(minimum: int, what: str) -> Any:
     return BeforeValidator(check)
 
 
-def _ratio(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    result = _as_float(value, "use a number in [0, 1]")
-    if not 0.0 <= result <= 1.0:
-        raise ValueError(f"{show(value)} is outside [0, 1]; use a number in [0, 1]")
-    return result
-
-
-def _weight_decay(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    result = _as_float(value, "use a number >= 0 such as 0.01")
-    if not math.isfinite(result) or result < 0:
-        raise ValueError(f"{show(value)} is not a number >= 0; use a number such as 0.01")
-    return result
+_DECAY_FACTOR = "use a factor in (0, 1) to reduce on plateau, or 1.0 for none"
 
 
 def _decay_factor(value: Any) -> float:
-    allowed = "use a factor in (0, 1) to reduce on plateau, or 1.0 for none"
-    result = _as_float(value, allowed)
-    if not 0.0 <= result <= 1.0:
-        raise ValueError(f"{show(value)} is outside [0, 1]; {allowed}")
-    return result
+    return float_in(value, _DECAY_FACTOR, 0.0, 1.0)
 
 
 def cast_steps(value: Any) -> Optional[Union[int, float]]:
@@ -174,13 +173,13 @@ OptionalLearningRate = Annotated[Optional[float], positive_float("1e-05")]
 GroupLearningRate = Annotated[Optional[float], positive_float("0.001")]
 Scale = Annotated[Optional[float], positive_float("0.1")]
 Power = Annotated[Optional[float], positive_float("1.0")]
-WeightDecay = Annotated[Optional[float], BeforeValidator(_weight_decay)]
-Ratio = Annotated[Optional[float], BeforeValidator(_ratio)]
+WeightDecay = Annotated[Optional[float], ranged("use a number >= 0 such as 0.01", 0.0, wrong="is not a number >= 0",
+                                                 fix="use a number such as 0.01")]
+Ratio = Annotated[Optional[float], ranged("use a number in [0, 1]", 0.0, 1.0)]
 DecayFactor = Annotated[float, BeforeValidator(_decay_factor)]
 Patience = Annotated[int, whole(0, "a whole number of epochs >= 0 such as 2")]
 Timescale = Annotated[Optional[int], whole(1, "a whole number of steps >= 1 such as 10000")]
 TrainingSteps = Annotated[Optional[int], whole(1, "a whole number of optimizer steps >= 1")]
-WarmupSteps = Annotated[Optional[Union[int, float]], BeforeValidator(cast_steps)]
 MetricName = Annotated[str, _text("a metric name", "the name the model logs, such as val_loss")]
 GroupName = Annotated[str, BeforeValidator(_group_name)]
 
@@ -191,33 +190,6 @@ GroupName = Annotated[str, BeforeValidator(_group_name)]
 def steps_of(value: Union[int, float], total: int) -> int:
     """A value read by :func:`cast_steps` as steps: a fraction of ``total`` rounds to whole steps."""
     return int(round(value * total)) if isinstance(value, float) else int(value)
-
-
-def absolute_lr(example: str) -> Any:
-    def check(value: Any) -> Optional[float]:
-        if value is None:
-            return None
-        allowed = f"use a learning rate >= 0 such as {example}"
-        result = _as_float(value, allowed)
-        if not math.isfinite(result) or result < 0:
-            raise ValueError(f"{show(value)} is not a learning rate; {allowed}")
-        return result
-
-    return BeforeValidator(check)
-
-
-def _cycle_mult(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    allowed = "use a number >= 1 such as 2 (1: cycles of equal length)"
-    result = _as_float(value, allowed)
-    if not math.isfinite(result) or result < 1:
-        raise ValueError(f"{show(value)} is below 1; {allowed}")
-    return result
-
-
-def _optional_decay_factor(value: Any) -> Optional[float]:
-    return None if value is None else _decay_factor(value)
 
 
 def milestone_problems(values: list, total: Optional[int] = None) -> list[Problem]:
@@ -261,35 +233,13 @@ def _milestones(value: Any) -> Optional[list[Union[int, float]]]:
 
 
 Steps = Annotated[Optional[Union[int, float]], BeforeValidator(cast_steps)]
-AbsoluteLR = Annotated[Optional[float], absolute_lr("1e-06")]
+AbsoluteLR = Annotated[Optional[float], ranged("use a learning rate >= 0 such as 1e-06", 0.0,
+                                                wrong="is not a learning rate")]
 StepCount = Annotated[Optional[int], whole(1, "a whole number of steps >= 1 such as 1000")]
-CycleMult = Annotated[Optional[float], BeforeValidator(_cycle_mult)]
+CycleMult = Annotated[Optional[float], ranged("use a number >= 1 such as 2 (1: cycles of equal length)", 1.0)]
 Milestones = Annotated[Optional[list[Union[int, float]]], BeforeValidator(_milestones)]
 DecayShape = Annotated[Optional[str], one_of(DECAY_SHAPES, "decay shape", ", ".join(DECAY_SHAPES))]
-OptionalDecayFactor = Annotated[Optional[float], BeforeValidator(_optional_decay_factor)]
-
-# The same, described for the JSON Schema: one line each in OptimizerConfig.
-WarmupStartLR = Annotated[AbsoluteLR, Field(
-    description="LR of learning_rate's group at step 0 of warm-up (default 0; one_cycle: learning_rate / 25); "
-    "warm-up rises linearly from it, other groups from the same fraction of their LR. Below learning_rate.")]
-MinLR = Annotated[AbsoluteLR, Field(
-    description="End LR of learning_rate's group: final_lr_ratio = min_lr / learning_rate (other groups end at the "
-    "same fraction); for step, multistep and exponential, a floor. Give it or final_lr_ratio. Below learning_rate.")]
-DecaySteps = Annotated[Steps, Field(
-    description="wsd: length of the final decay, a whole number of steps or a fraction in [0, 1] of "
-    "training_steps (default 0.1).")]
-DecayShapeField = Annotated[DecayShape, Field(
-    description="wsd: shape of the decay: 1-sqrt (default; Hägele et al. 2024 found it best), linear or cosine.",
-    json_schema_extra={"enum": list(DECAY_SHAPES)})]
-CycleSteps = Annotated[StepCount, Field(description="cosine_restarts: length of the first cycle, in steps.")]
-CycleMultField = Annotated[CycleMult, Field(
-    description="cosine_restarts: each cycle is this many times longer than the one before (default 1, >= 1).")]
-StepSize = Annotated[StepCount, Field(
-    description="step: steps between two reductions by learning_rate_decay; exponential: steps per factor of "
-    "learning_rate_decay (default 1).")]
-MilestonesField = Annotated[Milestones, Field(
-    description="multistep: steps at which the LR is multiplied by learning_rate_decay, ascending; each a whole "
-    "number of steps or a fraction in [0, 1] of training_steps.")]
+OptionalDecayFactor = Annotated[Optional[float], ranged(_DECAY_FACTOR, 0.0, 1.0)]
 
 
 def option_value(kind: str, value: Any) -> Any:
@@ -327,13 +277,7 @@ def option_value(kind: str, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError(f"{show(value)} is not a pair; use two numbers in [0, 1) such as [0.9, 0.999]")
         return tuple(option_value("beta", v) for v in value)
-    result = _as_float(value, "use a number")
-    if not math.isfinite(result):
-        raise ValueError(f"{show(result)} is not a finite number")
-    if kind == "beta" and not 0.0 <= result < 1.0:
-        raise ValueError(f"{show(value)} is outside [0, 1); use a number such as 0.9")
-    if kind == "positive" and result <= 0:
-        raise ValueError(f"{show(value)} is not positive; use a small positive number such as 1e-08")
-    if kind == "nonneg" and result < 0:
-        raise ValueError(f"{show(value)} is negative; use a number >= 0")
-    return result
+    bounds = {"beta": dict(high=1.0, open_high=True, fix="use a number such as 0.9"),
+              "positive": dict(open_low=True, fix="use a small positive number such as 1e-08"),
+              "nonneg": dict(wrong="is negative", fix="use a number >= 0")}
+    return float_in(value, "use a number", 0.0, **bounds[kind]) if kind in bounds else float_in(value, "use a number")

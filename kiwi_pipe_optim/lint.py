@@ -16,15 +16,17 @@ from typing import Callable, Iterable
 from .config import OptimizerConfig
 from .errors import ConfigError, Finding, choices, show
 from .fields import steps_of
-from .phases import phase_schedules
-from .resolve import DEFAULT_DECAY, ResolvedSchedule
+from .resolve import DEFAULT_DECAY
+from .resolved import ResolvedSchedule, phase_schedules
 from .schedules import SCHEDULE_SPECS
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
 
-def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]:
-    """Everything suspicious about ``config`` (and its run's step count, when known); errors first."""
+def lint(config: OptimizerConfig, run_steps: int | None = None,
+         resolved: ResolvedSchedule | None = None) -> list[Finding]:
+    """Everything suspicious about ``config`` (and its run's step count, when known); errors first.
+    ``resolved``: the schedule already resolved for ``run_steps``, not resolved again."""
     found: list[Finding] = []
     spec, schedule, sspec = config.optimizer_spec, config.schedule_name, config.schedule_spec
     warmup = config.warmup_steps
@@ -78,16 +80,18 @@ def lint(config: OptimizerConfig, run_steps: int | None = None) -> list[Finding]
         found.append(Finding("warning", "optimizer.learning_rate",
                              f"{show(lr)} is far {side} the usual range of {spec.name} ({low:g} to {high:g}); check the "
                              f"exponent (OpenKiwi's guide: sgd 1, adagrad 0.1, adadelta 1, adam 0.001)"))
-    found.extend(_schedule_findings(config, run_steps))
+    found.extend(_schedule_findings(config, run_steps, resolved))
     return sorted(found, key=lambda f: f.level != "error")
 
 
-def _schedule_findings(config: OptimizerConfig, run_steps: int | None) -> list[Finding]:
+def _schedule_findings(config: OptimizerConfig, run_steps: int | None,
+                       resolved: ResolvedSchedule | None) -> list[Finding]:
     """Steps of a schedule (or of one of its phases) that fall outside the run or its phase."""
-    try:
-        resolved = config.resolve(training_steps=run_steps)
-    except ConfigError:  # resolve_errors reports it; what follows needs the resolved steps
-        return []
+    if resolved is None:
+        try:
+            resolved = config.resolve(training_steps=run_steps)
+        except ConfigError:  # resolve_errors reports it; what follows needs the resolved steps
+            return []
     found: list[Finding] = []
     sources = [config, *(config.phases or ())]
     for source, (prefix, r) in zip(sources, phase_schedules(resolved)):

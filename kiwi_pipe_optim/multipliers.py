@@ -5,9 +5,13 @@ contract of ``torch.optim.lr_scheduler.LambdaLR``. Module-level functions bound 
 ``functools.partial`` pickle (so checkpoints resume) and evaluate a whole run's curve in one
 vectorised call. Importing this module does not import torch; the tensor path imports it.
 
-Warm-up follows the common convention: the factor rises linearly from ``start`` (0 unless
-``warmup_start_lr`` says otherwise) at step 0 and reaches 1 at step ``warmup``; with ``warmup ==
-0`` there is none. The registry that binds these to a config is :mod:`kiwi_pipe_optim.schedules`.
+Warm-up follows the common convention: the factor rises linearly from ``warmup_start`` (0 unless
+``warmup_start_lr`` says otherwise) at step 0 and reaches 1 at step ``warmup_steps``; with
+``warmup_steps == 0`` there is none. It is written once, :func:`linear_warmup`, and joined before
+a decay by :func:`phased` (as optax's ``join_schedules``), so each decay counts its steps from the
+end of warm-up and knows warm-up only where its own length or marks depend on it. Keywords are
+named as the fields of :class:`kiwi_pipe_optim.resolved.ResolvedSchedule`, so the registry
+(:mod:`kiwi_pipe_optim.schedules`) binds any of them the same way.
 """
 
 from __future__ import annotations
@@ -86,8 +90,9 @@ def _ops(step: Step) -> Any:
     return _Scalar if isinstance(step, (int, float)) else _Tensor
 
 
-def _warmup(step: Step, warmup: int, start: float = 0.0) -> Step:
-    return start + (1.0 - start) * step / warmup if warmup > 0 else step * 0 + 1.0
+def linear_warmup(step: Step, *, warmup_steps: int, warmup_start: float = 0.0) -> Step:
+    """From ``warmup_start`` at step 0 up to 1 at step ``warmup_steps``, linearly."""
+    return warmup_start + (1.0 - warmup_start) * step / warmup_steps if warmup_steps > 0 else step * 0 + 1.0
 
 
 def _clamp01(x: Step) -> Step:
@@ -95,58 +100,49 @@ def _clamp01(x: Step) -> Step:
     return ops.minimum(ops.maximum(x, 0.0), 1.0)
 
 
-def _progress(step: Step, warmup: int, total: int) -> Step:
-    """Fraction of the decay phase done, clamped to [0, 1]."""
-    # Warm-up as long as the run leaves no decay phase: the end value from step ``total`` on.
-    done = (step - warmup) / (total - warmup) if total > warmup else step - warmup + 1.0
-    return _clamp01(done)
+def _progress(step: Step, warmup_steps: int, training_steps: int) -> Step:
+    """Fraction of the decay done, clamped to [0, 1]; ``step`` counts from the end of warm-up."""
+    length = training_steps - warmup_steps
+    # Warm-up as long as the run leaves no decay: the end value from the end of warm-up on.
+    return _clamp01(step / length if length > 0 else step + 1.0)
 
 
-def constant(step: Step, *, warmup: int = 0, start: float = 0.0) -> Step:
-    """Linear warm-up to 1, then 1."""
-    ops = _ops(step)
-    return ops.where(step < warmup, _warmup(step, warmup, start), step * 0 + 1.0)
+# -- the decays: each counts its steps from the end of warm-up ------------------------------------
 
 
-def linear(step: Step, *, warmup: int, total: int, final_ratio: float = 0.0, start: float = 0.0) -> Step:
-    """Linear warm-up to 1, then linear decay to ``final_ratio`` at ``total`` (and after)."""
-    ops = _ops(step)
-    decay = 1.0 - (1.0 - final_ratio) * _progress(step, warmup, total)
-    return ops.where(step < warmup, _warmup(step, warmup, start), decay)
+def linear(step: Step, *, warmup_steps: int, training_steps: int, final_lr_ratio: float = 0.0) -> Step:
+    """Linear decay from 1 to ``final_lr_ratio`` at ``training_steps`` (and after)."""
+    return 1.0 - (1.0 - final_lr_ratio) * _progress(step, warmup_steps, training_steps)
 
 
-def cosine(step: Step, *, warmup: int, total: int, final_ratio: float = 0.0, start: float = 0.0) -> Step:
-    """Linear warm-up, then half a cosine from 1 to ``final_ratio`` at ``total`` (Loshchilov &
-    Hutter 2017, SGDR, without restarts)."""
-    ops = _ops(step)
-    cos = 0.5 * (1.0 + ops.cos(math.pi * _progress(step, warmup, total)))
-    return ops.where(step < warmup, _warmup(step, warmup, start), final_ratio + (1.0 - final_ratio) * cos)
+def cosine(step: Step, *, warmup_steps: int, training_steps: int, final_lr_ratio: float = 0.0) -> Step:
+    """Half a cosine from 1 to ``final_lr_ratio`` at ``training_steps`` (Loshchilov & Hutter 2017,
+    SGDR, without restarts)."""
+    cos = 0.5 * (1.0 + _ops(step).cos(math.pi * _progress(step, warmup_steps, training_steps)))
+    return final_lr_ratio + (1.0 - final_lr_ratio) * cos
 
 
-def polynomial(step: Step, *, warmup: int, total: int, power: float = 1.0, final_ratio: float = 0.0,
-               start: float = 0.0) -> Step:
-    """Linear warm-up, then ``final + (1 - final) * (1 - progress) ** power``."""
-    ops = _ops(step)
-    decay = final_ratio + (1.0 - final_ratio) * (1.0 - _progress(step, warmup, total)) ** power
-    return ops.where(step < warmup, _warmup(step, warmup, start), decay)
+def polynomial(step: Step, *, warmup_steps: int, training_steps: int, power: float = 1.0,
+               final_lr_ratio: float = 0.0) -> Step:
+    """``final + (1 - final) * (1 - progress) ** power``."""
+    return final_lr_ratio + (1.0 - final_lr_ratio) * (1.0 - _progress(step, warmup_steps, training_steps)) ** power
 
 
-def inverse_sqrt(step: Step, *, warmup: int = 0, timescale: int | None = None, start: float = 0.0) -> Step:
-    """Linear warm-up, then decay with the inverse square root of the step (Vaswani et al., 2017).
+def inverse_sqrt(step: Step, *, warmup_steps: int = 0, timescale: int | None = None) -> Step:
+    """Decay with the inverse square root of the step (Vaswani et al., 2017).
 
-    ``sqrt(timescale / (step - warmup + timescale))``: 1 when warm-up ends, halved after
-    ``3 * timescale`` more steps. ``timescale`` defaults to the warm-up length (``sqrt(warmup /
-    step)``), or 1 without warm-up (``1 / sqrt(step + 1)``); transformers' default without warm-up
+    ``sqrt(timescale / (step + timescale))``: 1 when warm-up ends, halved after ``3 * timescale``
+    more steps. ``timescale`` defaults to the warm-up length (``sqrt(warmup / step)`` counted from
+    step 0), or 1 without warm-up (``1 / sqrt(step + 1)``); transformers' default without warm-up
     is 10,000, a much slower decay.
     """
     ops = _ops(step)
-    scale = timescale or max(warmup, 1)
-    decay = ops.sqrt(scale / (ops.maximum(step, warmup) - warmup + scale))
-    return ops.where(step < warmup, _warmup(step, warmup, start), decay) if warmup > 0 else decay
+    scale = timescale or max(warmup_steps, 1)
+    return ops.sqrt(scale / (ops.maximum(step, 0.0) + scale))
 
 
-def noam(step: Step, *, warmup: int, model_size: int) -> Step:
-    """The schedule of "Attention Is All You Need" (Vaswani et al., 2017, eq. 3).
+def noam(step: Step, *, warmup_steps: int, model_size: int) -> Step:
+    """The schedule of "Attention Is All You Need" (Vaswani et al., 2017, eq. 3), warm-up included.
 
     ``d^-0.5 * min(s^-0.5, s * warmup^-1.5)`` with ``s = step + 1``: linear growth for the first
     ``warmup`` steps, peak at ``s == warmup``, then decay with the inverse square root of the step.
@@ -154,12 +150,15 @@ def noam(step: Step, *, warmup: int, model_size: int) -> Step:
     """
     ops = _ops(step)
     s = step + 1.0
-    return model_size ** -0.5 * ops.minimum(s ** -0.5, s * warmup ** -1.5)
+    return model_size ** -0.5 * ops.minimum(s ** -0.5, s * warmup_steps ** -1.5)
 
 
 def no_schedule(step: Step) -> Step:
     """A constant factor of 1."""
     return step * 0 + 1.0
+
+
+constant = no_schedule  # after its warm-up, the constant schedule is no schedule
 
 
 # -- warmup-stable-decay --------------------------------------------------------------------------
@@ -181,39 +180,36 @@ _SHAPES: dict[str, Callable[[Step], Step]] = {"linear": _shape_linear, "cosine":
                                               "1-sqrt": _shape_1_sqrt}
 
 
-def wsd(step: Step, *, warmup: int, total: int, decay: int, shape: str = "1-sqrt", final_ratio: float = 0.0,
-        start: float = 0.0) -> Step:
-    """Warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv:2404.06395).
+def wsd(step: Step, *, warmup_steps: int, training_steps: int, decay_steps: int, decay_shape: str = "1-sqrt",
+        final_lr_ratio: float = 0.0) -> Step:
+    """Warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv:2404.06395), after warm-up.
 
-    Linear warm-up, 1 until ``total - decay``, then down to ``final_ratio`` at ``total`` along
-    ``shape``. The long constant stretch is what lets a run be extended, or branched into a short
-    decay at any checkpoint, without retraining. ``1-sqrt`` (``1 - sqrt(progress)``) is the default
-    because Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-    Durations", arXiv:2405.18392) found it best, matching a full cosine run.
+    1 until ``training_steps - decay_steps``, then down to ``final_lr_ratio`` at ``training_steps``
+    along ``decay_shape``. The long constant stretch is what lets a run be extended, or branched
+    into a short decay at any checkpoint, without retraining. ``1-sqrt`` (``1 - sqrt(progress)``)
+    is the default because Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations", arXiv:2405.18392) found it best, matching a full cosine run.
     """
-    ops = _ops(step)
-    begin = total - decay
-    done = (step - begin) / decay if decay > 0 else step - begin + 1.0
-    factor = final_ratio + (1.0 - final_ratio) * _SHAPES[shape](_clamp01(done))
-    return ops.where(step < warmup, _warmup(step, warmup, start), factor)
+    begin = training_steps - decay_steps - warmup_steps
+    done = (step - begin) / decay_steps if decay_steps > 0 else step - begin + 1.0
+    return final_lr_ratio + (1.0 - final_lr_ratio) * _SHAPES[decay_shape](_clamp01(done))
 
 
 # -- SGDR -------------------------------------------------------------------------------------------
 
 
-def cosine_restarts(step: Step, *, warmup: int, cycle: int, mult: float = 1.0, final_ratio: float = 0.0,
-                    start: float = 0.0) -> Step:
-    """Warm-up, then cosine cycles from 1 to ``final_ratio``, each ``mult`` times longer than the
-    last: SGDR (Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts").
+def cosine_restarts(step: Step, *, cycle_steps: int, cycle_mult: float = 1.0, final_lr_ratio: float = 0.0) -> Step:
+    """Cosine cycles from 1 to ``final_lr_ratio``, each ``cycle_mult`` times longer than the last:
+    SGDR (Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts").
 
-    After warm-up this equals torch's ``CosineAnnealingWarmRestarts(T_0=cycle, T_mult=mult,
-    eta_min=final_ratio * lr)`` at every step. torch counts cycles one step at a time; a closed form
-    is needed here so that any step (a resume, a preview) is one call: cycle ``n`` starts at
+    This equals torch's ``CosineAnnealingWarmRestarts(T_0=cycle_steps, T_mult=cycle_mult,
+    eta_min=final_lr_ratio * lr)`` at every step. torch counts cycles one step at a time; a closed
+    form is needed here so that any step (a resume, a preview) is one call: cycle ``n`` starts at
     ``cycle * (mult**n - 1) / (mult - 1)``, so ``n = floor(log_mult(1 + s (mult - 1) / cycle))``.
     Non-integer ``mult`` (which torch refuses) follows the same formula.
     """
     ops = _ops(step)
-    s = ops.maximum(step - warmup, 0.0)
+    s, cycle, mult = ops.maximum(step, 0.0), cycle_steps, cycle_mult
     if mult == 1.0:
         position, length = s % cycle, cycle
     else:
@@ -223,7 +219,7 @@ def cosine_restarts(step: Step, *, warmup: int, cycle: int, mult: float = 1.0, f
         n = ops.where(s >= _cycle_start(n + 1.0, cycle, mult), n + 1.0, n)
         position, length = s - _cycle_start(n, cycle, mult), cycle * mult ** n
     cos = 0.5 * (1.0 + ops.cos(math.pi * position / length))
-    return ops.where(step < warmup, _warmup(step, warmup, start), final_ratio + (1.0 - final_ratio) * cos)
+    return final_lr_ratio + (1.0 - final_lr_ratio) * cos
 
 
 def _cycle_start(n: Step, cycle: int, mult: float) -> Step:
@@ -233,44 +229,41 @@ def _cycle_start(n: Step, cycle: int, mult: float) -> Step:
 # -- step-wise decays (torch's StepLR, MultiStepLR, ExponentialLR after a warm-up) -------------------
 
 
-def step_decay(step: Step, *, warmup: int, size: int, factor: float, floor: float = 0.0,
-               start: float = 0.0) -> Step:
-    """Warm-up, then ``factor`` once every ``size`` steps, never below ``floor``.
+def step_decay(step: Step, *, step_size: int, factor: float, final_lr_ratio: float = 0.0) -> Step:
+    """``factor`` once every ``step_size`` steps, never below ``final_lr_ratio`` (a floor).
 
     Step decay as in He et al. 2016 (ResNet: the LR divided by 10 at fixed intervals); torch's
     ``StepLR`` counted from the end of warm-up.
     """
     ops = _ops(step)
-    decayed = ops.maximum(factor ** ops.floor(ops.maximum(step - warmup, 0.0) / size), floor)
-    return ops.where(step < warmup, _warmup(step, warmup, start), decayed)
+    return ops.maximum(factor ** ops.floor(ops.maximum(step, 0.0) / step_size), final_lr_ratio)
 
 
-def multistep(step: Step, *, warmup: int, milestones: tuple[int, ...], factor: float, floor: float = 0.0,
-              start: float = 0.0) -> Step:
-    """Warm-up, then ``factor`` at each milestone step (counted from step 0, as torch's
-    ``MultiStepLR``), never below ``floor``: the schedule of He et al. 2016 (ResNet) and Goyal et
-    al. 2017 ("Accurate, Large Minibatch SGD", linear warm-up then drops at fixed epochs)."""
+def multistep(step: Step, *, warmup_steps: int, milestones: tuple[int, ...], factor: float,
+              final_lr_ratio: float = 0.0) -> Step:
+    """``factor`` at each milestone (counted from step 0 of the run, warm-up included, as torch's
+    ``MultiStepLR``), never below ``final_lr_ratio``: the schedule of He et al. 2016 (ResNet) and
+    Goyal et al. 2017 ("Accurate, Large Minibatch SGD", linear warm-up then drops at fixed epochs)."""
     ops = _ops(step)
-    decayed = ops.maximum(factor ** ops.count_reached(step, milestones), floor)
-    return ops.where(step < warmup, _warmup(step, warmup, start), decayed)
+    return ops.maximum(factor ** ops.count_reached(step + warmup_steps, milestones), final_lr_ratio)
 
 
-def exponential(step: Step, *, warmup: int, size: int = 1, factor: float, floor: float = 0.0,
-                start: float = 0.0) -> Step:
-    """Warm-up, then ``factor ** ((step - warmup) / size)``, never below ``floor``: the continuous
-    form of Szegedy et al. 2016's decay (Inception-v3: x0.94 every two epochs), so that no single
-    step changes the LR abruptly; torch's ``ExponentialLR`` when ``size == 1``."""
+def exponential(step: Step, *, step_size: int = 1, factor: float, final_lr_ratio: float = 0.0) -> Step:
+    """``factor ** (step / step_size)``, never below ``final_lr_ratio``: the continuous form of
+    Szegedy et al. 2016's decay (Inception-v3: x0.94 every two epochs), so that no single step
+    changes the LR abruptly; torch's ``ExponentialLR`` when ``step_size == 1``."""
     ops = _ops(step)
-    decayed = ops.maximum(factor ** (ops.maximum(step - warmup, 0.0) / size), floor)
-    return ops.where(step < warmup, _warmup(step, warmup, start), decayed)
+    return ops.maximum(factor ** (ops.maximum(step, 0.0) / step_size), final_lr_ratio)
 
 
 # -- one cycle ------------------------------------------------------------------------------------
 
 
-def one_cycle(step: Step, *, warmup: int, total: int, start: float, final_ratio: float) -> Step:
+def one_cycle(step: Step, *, warmup_steps: int, training_steps: int, warmup_start: float,
+              final_lr_ratio: float) -> Step:
     """The 1cycle policy of Smith & Topin 2018 ("Super-Convergence", arXiv:1708.07120), LR only.
 
+    Its own warm-up (a cosine rise from ``warmup_start``), not the linear one of the decays above.
     Equal to torch's ``OneCycleLR(anneal_strategy="cos", three_phase=False, pct_start=warmup /
     total, div_factor=1 / start, final_div_factor=start / final_ratio)`` at steps 0 to ``total -
     1``, off-by-one included: torch's rise ends (the peak, factor 1) at step ``warmup - 1`` and its
@@ -280,11 +273,11 @@ def one_cycle(step: Step, *, warmup: int, total: int, start: float, final_ratio:
     that is the optimizer's business, and not every optimizer has one.
     """
     ops = _ops(step)
-    peak = warmup - 1
+    peak = warmup_steps - 1
     rise = _clamp01(step / peak) if peak > 0 else step * 0 + 1.0
-    up = 1.0 + (start - 1.0) / 2.0 * (ops.cos(math.pi * rise) + 1.0)
-    fall = _clamp01((step - peak) / max(total - 1 - peak, 1))
-    down = final_ratio + (1.0 - final_ratio) / 2.0 * (ops.cos(math.pi * fall) + 1.0)
+    up = 1.0 + (warmup_start - 1.0) / 2.0 * (ops.cos(math.pi * rise) + 1.0)
+    fall = _clamp01((step - peak) / max(training_steps - 1 - peak, 1))
+    down = final_lr_ratio + (1.0 - final_lr_ratio) / 2.0 * (ops.cos(math.pi * fall) + 1.0)
     return ops.where(step <= peak, up, down)
 
 

@@ -8,6 +8,7 @@ back (OpenKiwi's version mutated ``training_steps`` and ``warmup_steps`` in plac
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Union
 
@@ -16,8 +17,9 @@ import torch
 from .config import OptimizerConfig
 from .errors import ConfigError, Problem, choices, did_you_mean, show
 from .lint import lint, report
-from .param_groups import DEFAULT_GROUP, ENCODER_GROUP, named_groups
+from .param_groups import DEFAULT_GROUP, ENCODER_GROUP, Assignment, assign, named_groups
 from .resolve import resolve_for
+from .resolved import ResolvedSchedule
 from .schedules import build_scheduler
 from .specs import OPTIMIZER_SPECS, is_import_path, optimizer_spec
 from .state import load_state
@@ -110,7 +112,41 @@ def from_config(
     groups, all_params = _groups(config, parameters)
     source = parameters if isinstance(parameters, torch.nn.Module) else all_params
     resolved = resolve_for(config, source, training_data_size, model_size)
-    report(config, lint(config, training_data_size))
+    report(config, lint(config, training_data_size, resolved=resolved))
+    return _assembled(config, groups, resolved)
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """What building a module's optimizer needs worked out, each part once: which parameter goes
+    to which group (:func:`~kiwi_pipe_optim.param_groups.assign`) and the schedule resolved for
+    ``run_steps``. A caller that checks a run before it starts (the DVC stage) keeps the plan
+    and builds from it, rather than forming the groups and resolving again."""
+
+    config: OptimizerConfig
+    assignment: list[Assignment]
+    resolved: ResolvedSchedule
+    run_steps: int | None
+
+
+def plan_for(config: OptimizerConfig, module: torch.nn.Module, run_steps: int | None = None,
+             model_size: int | None = None, encoder: str = "encoder") -> OptimizerPlan:
+    """The groups and schedule :func:`from_config` would use for ``module``, without building.
+
+    Raises:
+        ConfigError: a group rule matches no parameter, or the schedule cannot be resolved.
+    """
+    assignment = assign(module, config, encoder)
+    return OptimizerPlan(config, assignment, resolve_for(config, module, run_steps, model_size), run_steps)
+
+
+def from_plan(plan: OptimizerPlan, module: torch.nn.Module) -> FromConfigResult:
+    """:func:`from_config` for a planned module: built from the plan's groups and schedule; its
+    findings were the planner's to show."""
+    return _assembled(plan.config, named_groups(module, plan.config, assignment=plan.assignment), plan.resolved)
+
+
+def _assembled(config: OptimizerConfig, groups: list[dict[str, Any]], resolved: ResolvedSchedule) -> FromConfigResult:
     optimizer = _build(config, groups)
     scheduler = build_scheduler(optimizer, resolved)
     if config.load is not None:
@@ -129,7 +165,8 @@ def from_config(
     return [optimizer], [scheduler_config]
 
 
-def build_optimizer(config: OptimizerConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: OptimizerConfig, module: torch.nn.Module,
+                    assignment: list[Assignment] | None = None) -> torch.optim.Optimizer:
     """The optimizer alone, with ``from_config``'s groups and checks, no schedule (so no step count
     needed): ``validate`` builds it on a model on the meta device.
 
@@ -137,7 +174,7 @@ def build_optimizer(config: OptimizerConfig, module: torch.nn.Module) -> torch.o
         ConfigError: what the constructor refuses, naming ``optimizer.options.<key>`` where one
             option is at fault, or an option a ``**kwargs`` class would ignore.
     """
-    return _build(config, _groups(config, module)[0])
+    return _build(config, named_groups(module, config, assignment=assignment))
 
 
 def _groups(config: OptimizerConfig, parameters: Any) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:

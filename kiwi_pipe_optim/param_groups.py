@@ -227,12 +227,14 @@ def _assign_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: st
     return [Assignment(n, tuple(p.shape), DEFAULT_GROUP, config.learning_rate, decay(n), None) for n, p in named]
 
 
-def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder") -> list[dict[str, Any]]:
+def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str = "encoder",
+                 assignment: list[Assignment] | None = None) -> list[dict[str, Any]]:
     """Torch param groups for ``module``: one per (group name, weight decay), each carrying ``name``.
 
     A group's parameters exempt from weight decay form a torch group of their own, named
     ``<group>/no_decay`` (group names never contain ``/``): names stay unique, as Lightning's
     ``LearningRateMonitor`` requires, and :func:`lr_group` maps both to ``<group>``.
+    ``assignment``: what :func:`assign` gave for this module and config, when already known.
 
     Example:
         >>> model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "head": torch.nn.Linear(4, 2)})
@@ -242,7 +244,7 @@ def named_groups(module: torch.nn.Module, config: OptimizerConfig, encoder: str 
     """
     params = dict(module.named_parameters())
     groups: dict[tuple[str, float | None], dict[str, Any]] = {}
-    for a in assign(module, config, encoder):
+    for a in assignment if assignment is not None else assign(module, config, encoder):
         key = (a.group, a.weight_decay)
         if key not in groups:
             groups[key] = {"name": a.group, "params": [], "lr": a.lr}

@@ -10,18 +10,14 @@ previews, steps and resumes like any other.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
+from typing import Annotated, Any, Mapping, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from .errors import Problem, choices, did_you_mean, show
-from .fields import (DECAY_SHAPES, AbsoluteLR, CycleMult, DecayShape, Milestones, OptionalDecayFactor, Power,
-                     Problems, Ratio, StepCount, Steps, Timescale, steps_of)
-from .resolve import ResolvedPhase, ResolvedSchedule, resolve_schedule
-from .schedules import SCHEDULE_SPECS, ScheduleSpec
-
-if TYPE_CHECKING:
-    from .config import OptimizerConfig
+from .fields import OptionalDecayFactor, Problems, Steps
+from .schedule_fields import ScheduleFields, reworded
+from .schedules import SCHEDULE_SPECS
 
 PHASE_SCHEDULES = tuple(sorted(n for n, s in SCHEDULE_SPECS.items() if s.in_phases))
 _EXAMPLE = "[{scheduler: constant, steps: 1000, warmup_steps: 1000}, {scheduler: cosine}]"
@@ -39,32 +35,35 @@ def _phase_schedule(value: Any) -> Optional[str]:
     return value
 
 
-class Phase(BaseModel):
+# A phase's keys in its JSON Schema: what each means within the phase.
+_IN_A_PHASE = {
+    "warmup_steps": "Warm-up: whole steps, or a fraction in [0, 1] of this phase's steps.",
+    "warmup_start_lr": "As optimizer.warmup_start_lr, for this phase.",
+    "final_lr_ratio": "End of this phase's decay, a fraction of learning_rate.",
+    "min_lr": "As optimizer.min_lr, for this phase.",
+    "power": "polynomial: the exponent (default 1).",
+    "timescale": "inverse_sqrt: as optimizer.timescale.",
+    "decay_steps": "wsd: the decay's length, steps or a fraction of this phase.",
+    "decay_shape": "wsd: 1-sqrt (default), linear or cosine.",
+    "cycle_steps": "cosine_restarts: the first cycle's length in steps.",
+    "cycle_mult": "cosine_restarts: growth of each cycle (default 1).",
+    "step_size": "step / exponential: steps per reduction.",
+    "milestones": "multistep: steps (from this phase's start) or fractions of this phase's steps.",
+}
+
+
+class Phase(ScheduleFields):
     """One phase of ``scheduler: phases``: a schedule, its length, and that schedule's own keys,
     which mean what they mean in the section, with ``training_steps`` = this phase's steps."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(json_schema_extra=reworded(_IN_A_PHASE))
+    key_order = ("scheduler", "steps")
 
     scheduler: Annotated[Optional[str], BeforeValidator(_phase_schedule)] = Field(
         None, description="This phase's schedule (any but phases, plateau and noam).",
         json_schema_extra={"enum": list(PHASE_SCHEDULES)})
     steps: Steps = Field(None, description="This phase's length: whole steps, or a fraction in [0, 1] of "
                          "training_steps; the last phase may omit it (the rest of the run).")
-    warmup_steps: Steps = Field(None, description="Warm-up: whole steps, or a fraction in [0, 1] of this phase's "
-                                "steps.")
-    warmup_start_lr: AbsoluteLR = Field(None, description="As optimizer.warmup_start_lr, for this phase.")
-    final_lr_ratio: Ratio = Field(None, description="End of this phase's decay, a fraction of learning_rate.")
-    min_lr: AbsoluteLR = Field(None, description="As optimizer.min_lr, for this phase.")
-    power: Power = Field(None, description="polynomial: the exponent (default 1).")
-    timescale: Timescale = Field(None, description="inverse_sqrt: as optimizer.timescale.")
-    decay_steps: Steps = Field(None, description="wsd: the decay's length, steps or a fraction of this phase.")
-    decay_shape: DecayShape = Field(None, description="wsd: 1-sqrt (default), linear or cosine.",
-                                    json_schema_extra={"enum": list(DECAY_SHAPES)})
-    cycle_steps: StepCount = Field(None, description="cosine_restarts: the first cycle's length in steps.")
-    cycle_mult: CycleMult = Field(None, description="cosine_restarts: growth of each cycle (default 1).")
-    step_size: StepCount = Field(None, description="step / exponential: steps per reduction.")
-    milestones: Milestones = Field(None, description="multistep: steps (from this phase's start) or fractions of "
-                                   "this phase's steps.")
     learning_rate_decay: OptionalDecayFactor = Field(
         None, description="step / multistep / exponential: the factor; default: optimizer.learning_rate_decay.")
 
@@ -82,10 +81,6 @@ class Phase(BaseModel):
     @property
     def schedule_name(self) -> str:
         return self.scheduler or ""
-
-    @property
-    def schedule_spec(self) -> ScheduleSpec:
-        return SCHEDULE_SPECS[self.schedule_name]
 
 
 def _phase_list(value: Any) -> Any:
@@ -105,47 +100,3 @@ def _phase_list(value: Any) -> Any:
 Phases = Annotated[Optional[list[Phase]], BeforeValidator(_phase_list), Field(
     description="scheduler phases: schedules run one after the other, each a mapping {scheduler, steps, ...its own "
     "keys} counted from its own start; the last may omit steps (the rest of the run), after it its last LR holds.")]
-
-
-def resolve_phases(phases: list[Phase], config: "OptimizerConfig",
-                   total: int | None) -> tuple[tuple[ResolvedPhase, ...], list[Problem]]:
-    """Each phase's start, length and schedule; problems have paths from the section."""
-    resolved: list[ResolvedPhase] = []
-    problems: list[Problem] = []
-    start = 0
-    for i, phase in enumerate(phases):
-        where = f"phases.{i}."
-        if phase.steps is None:  # the last phase: the rest of the run
-            length = None if total is None else total - start
-            if length is not None and length < 1:
-                problems.append(Problem(where + "steps", f"nothing is left for this phase: the phases before it take "
-                                        f"{start} steps and the run has {total}; give it steps, or shorten them"))
-                continue
-        elif isinstance(phase.steps, float) and total is None:
-            problems.append(Problem(where + "steps", f"{show(phase.steps)} is a fraction of training_steps, which is "
-                                    f"unknown; set optimizer.training_steps or give the phase's steps as a count"))
-            continue
-        else:
-            length = steps_of(phase.steps, total or 0)
-            if length < 1:
-                problems.append(Problem(where + "steps", f"{show(phase.steps)} of {total} steps rounds to 0 steps; "
-                                        f"use a larger fraction or a step count"))
-                continue
-        schedule, found = resolve_schedule(phase, config, length, None, length="the phase's steps")
-        problems.extend(_in_phase(where, phase, p) for p in found)
-        if schedule is not None:
-            resolved.append(ResolvedPhase(start, length, schedule))
-        start += length or 0
-    return tuple(resolved), problems
-
-
-def _in_phase(where: str, phase: Phase, problem: Problem) -> Problem:
-    if problem.path == "training_steps":  # a phase's training_steps is its length
-        return Problem(where + "steps", f"the {phase.scheduler} phase needs its length: give steps, or set "
-                                        f"optimizer.training_steps so that the last phase runs to the end of the run")
-    return Problem(where + problem.path, problem.message)
-
-
-def phase_schedules(resolved: ResolvedSchedule) -> list[tuple[str, ResolvedSchedule]]:
-    """``(path prefix, schedule)`` for the schedule and each of its phases: what lint looks into."""
-    return [("", resolved)] + [(f"phases.{i}.", p.schedule) for i, p in enumerate(resolved.phases)]

@@ -7,63 +7,39 @@ check always agree on the curve. Importing this module does not import torch.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 from .errors import ConfigError, Problem, show
 from .fields import milestone_problems, steps_of
 from .multipliers import DEFAULT_DECAY_SHAPE
 from .params_file import SECTION
-
-if TYPE_CHECKING:
-    from .config import OptimizerConfig
-
+from .phases import Phase
+# ResolvedSchedule is re-exported: it was defined here before the modules naming it needed a leaf.
+from .resolved import ResolvedPhase, ResolvedSchedule  # noqa: F401
+from .schedule_fields import ScheduleFields
+from .schedules import ScheduleSpec
 
 # wsd's decay when decay_steps is absent, a fraction of training_steps.
 DEFAULT_DECAY = 0.1
 
 
-@dataclass(frozen=True)
-class ResolvedPhase:
-    """One phase of a composed schedule: its first step, its length (None: to the end) and schedule."""
+class Section(Protocol):
+    """What every schedule of a section resolves with: ``OptimizerConfig`` as this module sees it
+    (the config imports this module, so this module names the config only by what it reads)."""
 
-    start: int
-    steps: int | None
-    schedule: "ResolvedSchedule"
-
-
-@dataclass(frozen=True)
-class ResolvedSchedule:
-    """A schedule with every step count known: what the run will do, and what gets logged.
-
-    LRs given as absolute values (``warmup_start_lr``, ``min_lr``) are here fractions of
-    ``learning_rate``: ``warmup_start`` and ``final_lr_ratio``. For step, multistep and exponential
-    ``final_lr_ratio`` is the floor.
-    """
-
-    name: str
-    interval: str
-    warmup_steps: int
+    learning_rate: float
+    learning_rate_decay: float
+    learning_rate_decay_start: int
+    monitor: str
+    mode: str
     training_steps: int | None
-    model_size: int | None
-    power: float = 1.0
-    final_lr_ratio: float = 0.0
-    factor: float = 1.0
-    patience: int = 2
-    monitor: str = "val_loss"
-    mode: str = "min"
-    timescale: int | None = None
-    warmup_start: float = 0.0
-    decay_steps: int | None = None  # wsd, cut to what warm-up leaves
-    decay_shape: str = "1-sqrt"
-    cycle_steps: int | None = None
-    cycle_mult: float = 1.0
-    step_size: int = 1
-    milestones: tuple[int, ...] = ()
-    phases: tuple[ResolvedPhase, ...] = ()
+    phases: Sequence[Phase] | None
+
+    @property
+    def schedule_spec(self) -> ScheduleSpec: ...
 
 
-def resolve(config: "OptimizerConfig", training_steps: int | None = None,
+def resolve(config: Section, training_steps: int | None = None,
             model_size: int | None = None) -> ResolvedSchedule:
     """Turn the config into concrete step counts, given what the run knows.
 
@@ -89,7 +65,7 @@ def resolve(config: "OptimizerConfig", training_steps: int | None = None,
     return resolved
 
 
-def resolve_schedule(source: Any, config: "OptimizerConfig", total: int | None, model_size: int | None,
+def resolve_schedule(source: ScheduleFields, config: Section, total: int | None, model_size: int | None,
                      length: str = "training_steps") -> tuple[ResolvedSchedule | None, list[Problem]]:
     """The schedule ``source`` describes (the section, or one of its phases) over ``total`` steps.
 
@@ -136,8 +112,6 @@ def resolve_schedule(source: Any, config: "OptimizerConfig", total: int | None, 
                             for p in milestone_problems(source.milestones, total))
     phases: tuple[ResolvedPhase, ...] = ()
     if "phases" in spec.options and source.phases:
-        from .phases import resolve_phases  # phases resolve each of theirs with this function
-
         phases, found = resolve_phases(source.phases, config, total)
         problems.extend(found)
     if problems:
@@ -161,6 +135,45 @@ def resolve_schedule(source: Any, config: "OptimizerConfig", total: int | None, 
         cycle_mult=1.0 if source.cycle_mult is None else source.cycle_mult,
         step_size=source.step_size or 1, milestones=milestones, phases=phases,
     ), []
+
+
+def resolve_phases(phases: Sequence[Phase], config: Section,
+                   total: int | None) -> tuple[tuple[ResolvedPhase, ...], list[Problem]]:
+    """Each phase's start, length and schedule; problems have paths from the section."""
+    resolved: list[ResolvedPhase] = []
+    problems: list[Problem] = []
+    start = 0
+    for i, phase in enumerate(phases):
+        where = f"phases.{i}."
+        if phase.steps is None:  # the last phase: the rest of the run
+            length = None if total is None else total - start
+            if length is not None and length < 1:
+                problems.append(Problem(where + "steps", f"nothing is left for this phase: the phases before it take "
+                                        f"{start} steps and the run has {total}; give it steps, or shorten them"))
+                continue
+        elif isinstance(phase.steps, float) and total is None:
+            problems.append(Problem(where + "steps", f"{show(phase.steps)} is a fraction of training_steps, which is "
+                                    f"unknown; set optimizer.training_steps or give the phase's steps as a count"))
+            continue
+        else:
+            length = steps_of(phase.steps, total or 0)
+            if length < 1:
+                problems.append(Problem(where + "steps", f"{show(phase.steps)} of {total} steps rounds to 0 steps; "
+                                        f"use a larger fraction or a step count"))
+                continue
+        schedule, found = resolve_schedule(phase, config, length, None, length="the phase's steps")
+        problems.extend(_in_phase(where, phase, p) for p in found)
+        if schedule is not None:
+            resolved.append(ResolvedPhase(start, length, schedule))
+        start += length or 0
+    return tuple(resolved), problems
+
+
+def _in_phase(where: str, phase: Phase, problem: Problem) -> Problem:
+    if problem.path == "training_steps":  # a phase's training_steps is its length
+        return Problem(where + "steps", f"the {phase.scheduler} phase needs its length: give steps, or set "
+                                        f"optimizer.training_steps so that the last phase runs to the end of the run")
+    return Problem(where + problem.path, problem.message)
 
 
 def warmup_too_long(warmup: int, total: int, length: str = "training_steps") -> Problem:
@@ -189,7 +202,7 @@ def model_size_of(source: Any) -> int | None:
     return dims.most_common(1)[0][0] if dims else None
 
 
-def resolve_for(config: "OptimizerConfig", parameters: Any, training_data_size: int | None = None,
+def resolve_for(config: Section, parameters: Any, training_data_size: int | None = None,
                 model_size: int | None = None) -> ResolvedSchedule:
     """What ``from_config`` resolves for these parameters, without building anything."""
     if model_size is None and config.schedule_spec.needs_model_size:

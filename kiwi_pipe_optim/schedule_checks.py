@@ -7,15 +7,11 @@ and which it needs; one function checks a field set against it, so ``optimizer.m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .errors import Problem, choices, show
 from .fields import milestone_problems
-from .resolve import warmup_too_long
+from .resolve import Section, warmup_too_long
+from .schedule_fields import ScheduleFields
 from .schedules import SCHEDULE_OPTIONS, SCHEDULE_SPECS
-
-if TYPE_CHECKING:
-    from .config import OptimizerConfig
 
 _REQUIRED = {
     "cycle_steps": "use the first cycle's length in steps, such as 1000",
@@ -26,7 +22,7 @@ _REQUIRED = {
 _BELOW_PEAK = {"warmup_start_lr": "use a warm-up start below the peak", "min_lr": "use an end LR below the peak"}
 
 
-def schedule_problems(source: Any, learning_rate: float, training_steps: int | None) -> list[Problem]:
+def schedule_problems(source: ScheduleFields, learning_rate: float, training_steps: int | None) -> list[Problem]:
     """What is wrong with the schedule fields of ``source`` (the section or a phase), paths relative to it."""
     spec, schedule = source.schedule_spec, source.schedule_name
     problems: list[Problem] = []
@@ -52,7 +48,7 @@ def schedule_problems(source: Any, learning_rate: float, training_steps: int | N
     return problems
 
 
-def phase_problems(config: "OptimizerConfig") -> list[Problem]:
+def phase_problems(config: Section) -> list[Problem]:
     """What is wrong with each of ``optimizer.phases``, paths from the section."""
     phases = config.phases or ()
     problems: list[Problem] = []

@@ -11,93 +11,29 @@ it when they are given tensors or an optimizer.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 # Re-exported: the schedules were defined here before they had a module of their own.
 from .multipliers import (DECAY_SHAPES, Step, constant, cosine, cosine_restarts, exponential,  # noqa: F401
-                          inverse_sqrt, linear, multistep, no_schedule, noam, one_cycle, phased, polynomial,
-                          step_decay, wsd)
+                          inverse_sqrt, linear, linear_warmup, multistep, no_schedule, noam, one_cycle, phased,
+                          polynomial, step_decay, wsd)
+from .resolved import ResolvedSchedule
 
 if TYPE_CHECKING:
     import torch
 
-    from .resolve import ResolvedSchedule
 
-
-# -- binding a resolved schedule to its multiplier ---------------------------------------------
-
-
-def _bind_none(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return no_schedule
-
-
-def _bind_warmup(fn: Callable[..., Step]) -> Callable[["ResolvedSchedule"], Callable[[Step], Step]]:
-    return lambda r: functools.partial(fn, warmup=r.warmup_steps, start=r.warmup_start)
-
-
-def _bind_decay(fn: Callable[..., Step]) -> Callable[["ResolvedSchedule"], Callable[[Step], Step]]:
-    return lambda r: functools.partial(fn, warmup=r.warmup_steps, total=r.training_steps,
-                                       final_ratio=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_polynomial(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(polynomial, warmup=r.warmup_steps, total=r.training_steps, power=r.power,
-                             final_ratio=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_inverse_sqrt(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(inverse_sqrt, warmup=r.warmup_steps, timescale=r.timescale, start=r.warmup_start)
-
-
-def _bind_noam(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(noam, warmup=r.warmup_steps, model_size=r.model_size)
-
-
-def _bind_wsd(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(wsd, warmup=r.warmup_steps, total=r.training_steps, decay=r.decay_steps,
-                             shape=r.decay_shape, final_ratio=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_restarts(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(cosine_restarts, warmup=r.warmup_steps, cycle=r.cycle_steps, mult=r.cycle_mult,
-                             final_ratio=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_step(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(step_decay, warmup=r.warmup_steps, size=r.step_size, factor=r.factor,
-                             floor=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_multistep(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(multistep, warmup=r.warmup_steps, milestones=r.milestones, factor=r.factor,
-                             floor=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_exponential(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(exponential, warmup=r.warmup_steps, size=r.step_size, factor=r.factor,
-                             floor=r.final_lr_ratio, start=r.warmup_start)
-
-
-def _bind_one_cycle(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(one_cycle, warmup=r.warmup_steps, total=r.training_steps, start=r.warmup_start,
-                             final_ratio=r.final_lr_ratio)
-
-
-def _bind_phases(r: "ResolvedSchedule") -> Callable[[Step], Step]:
-    return functools.partial(phased, starts=tuple(p.start for p in r.phases),
-                             parts=tuple(multiplier(p.schedule) for p in r.phases), last_length=r.phases[-1].steps)
-
-
-def lambda_scheduler(optimizer: Any, resolved: "ResolvedSchedule") -> Any:
+def lambda_scheduler(optimizer: Any, resolved: ResolvedSchedule) -> Any:
     """A ``LambdaLR`` stepping the resolved schedule's multiplier every optimizer step."""
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(resolved))
 
 
-def plateau_scheduler(optimizer: Any, resolved: "ResolvedSchedule") -> Any:
+def plateau_scheduler(optimizer: Any, resolved: ResolvedSchedule) -> Any:
     import torch
 
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -109,9 +45,11 @@ def plateau_scheduler(optimizer: Any, resolved: "ResolvedSchedule") -> Any:
 class ScheduleSpec:
     """A registry entry: how an LR schedule is resolved, built and previewed.
 
-    ``bind`` turns a resolved schedule into its multiplier of the step (its vectorised curve);
-    ``None`` means the LR follows a metric during training (reduce-on-plateau), so the curve is
-    unknown beforehand and a restored LR cannot be checked against a step. ``build`` makes the
+    ``curve`` is its multiplier of the step (vectorised), whose keywords :func:`multiplier` takes
+    from the resolved schedule's fields of the same names; ``after_warmup`` says it starts where
+    the linear warm-up ends (:func:`~kiwi_pipe_optim.multipliers.phased` joins the two). ``None``
+    means the LR follows a metric during training (reduce-on-plateau), so the curve is unknown
+    beforehand and a restored LR cannot be checked against a step. ``build`` makes the
     torch scheduler; ``None`` means no scheduler at all. ``options`` are the optional fields of
     the section the schedule reads (any other one set is an error), ``requires`` those it cannot
     do without.
@@ -120,8 +58,9 @@ class ScheduleSpec:
     name: str
     description: str
     interval: str  # "step" or "epoch"
-    bind: Optional[Callable[["ResolvedSchedule"], Callable[[Step], Step]]]
-    build: Optional[Callable[[Any, "ResolvedSchedule"], Any]] = lambda_scheduler
+    curve: Optional[Callable[..., Step]]
+    build: Optional[Callable[[Any, ResolvedSchedule], Any]] = lambda_scheduler
+    after_warmup: bool = True
     uses_warmup: bool = True
     needs_training_steps: bool = False
     needs_warmup: bool = False
@@ -138,34 +77,35 @@ class ScheduleSpec:
     @property
     def previewable(self) -> bool:
         """Whether the LR at every step is known before training (and checkable after a resume)."""
-        return self.bind is not None
+        return self.curve is not None
 
 
 _WARM = ("warmup_start_lr",)
 _END = ("final_lr_ratio", "min_lr") + _WARM
 _FLOOR = ("min_lr",) + _WARM
 _SCHEDULES = (
-    ScheduleSpec("none", "constant learning rate, no scheduler", "step", _bind_none, build=None, uses_warmup=False),
-    ScheduleSpec("constant", "linear warm-up, then constant", "step", _bind_warmup(constant), options=_WARM),
+    ScheduleSpec("none", "constant learning rate, no scheduler", "step", no_schedule, build=None, uses_warmup=False,
+                 after_warmup=False),
+    ScheduleSpec("constant", "linear warm-up, then constant", "step", constant, options=_WARM),
     ScheduleSpec(
         "linear", "linear warm-up from 0, then linear decay to final_lr_ratio at training_steps",
-        "step", _bind_decay(linear), needs_training_steps=True, options=_END,
+        "step", linear, needs_training_steps=True, options=_END,
     ),
     ScheduleSpec(
         "cosine", "linear warm-up, then half-cosine decay to final_lr_ratio at training_steps",
-        "step", _bind_decay(cosine), needs_training_steps=True, options=_END,
+        "step", cosine, needs_training_steps=True, options=_END,
     ),
     ScheduleSpec(
         "polynomial", "linear warm-up, then (1 - progress)^power decay to final_lr_ratio",
-        "step", _bind_polynomial, needs_training_steps=True, options=("power",) + _END,
+        "step", polynomial, needs_training_steps=True, options=("power",) + _END,
     ),
     ScheduleSpec(
         "inverse_sqrt", "linear warm-up, then decay proportional to 1/sqrt(step) over timescale", "step",
-        _bind_inverse_sqrt, options=("timescale",) + _WARM,
+        inverse_sqrt, options=("timescale",) + _WARM,
     ),
     ScheduleSpec(
         "noam", "Vaswani et al. (2017): d^-0.5 * min(s^-0.5, s * warmup^-1.5), s = step + 1",
-        "step", _bind_noam, needs_warmup=True, needs_model_size=True, in_phases=False,
+        "step", noam, needs_warmup=True, needs_model_size=True, in_phases=False, after_warmup=False,
     ),
     ScheduleSpec(
         "plateau", "multiply the LR by learning_rate_decay after learning_rate_decay_start epochs "
@@ -174,34 +114,34 @@ _SCHEDULES = (
     ),
     ScheduleSpec(
         "wsd", "Hu et al. (2024): linear warm-up, constant, then decay (decay_shape) over the last decay_steps "
-        "to final_lr_ratio", "step", _bind_wsd, needs_training_steps=True,
+        "to final_lr_ratio", "step", wsd, needs_training_steps=True,
         options=("decay_steps", "decay_shape") + _END,
     ),
     ScheduleSpec(
         "cosine_restarts", "SGDR (Loshchilov & Hutter 2017): warm-up, then cosine cycles from 1 to final_lr_ratio, "
-        "cycle_steps long, each cycle_mult times longer", "step", _bind_restarts,
+        "cycle_steps long, each cycle_mult times longer", "step", cosine_restarts,
         options=("cycle_steps", "cycle_mult") + _END, requires=("cycle_steps",),
     ),
     ScheduleSpec(
-        "step", "warm-up, then multiply by learning_rate_decay every step_size steps", "step", _bind_step,
+        "step", "warm-up, then multiply by learning_rate_decay every step_size steps", "step", step_decay,
         needs_decay_factor=True, options=("step_size",) + _FLOOR, requires=("step_size",),
     ),
     ScheduleSpec(
         "multistep", "warm-up, then multiply by learning_rate_decay at each of milestones", "step",
-        _bind_multistep, needs_decay_factor=True, options=("milestones",) + _FLOOR, requires=("milestones",),
+        multistep, needs_decay_factor=True, options=("milestones",) + _FLOOR, requires=("milestones",),
     ),
     ScheduleSpec(
         "exponential", "warm-up, then learning_rate_decay^((step - warmup) / step_size)", "step",
-        _bind_exponential, needs_decay_factor=True, options=("step_size",) + _FLOOR,
+        exponential, needs_decay_factor=True, options=("step_size",) + _FLOOR,
     ),
     ScheduleSpec(
         "one_cycle", "Smith & Topin (2018), torch's OneCycleLR: cosine from lr/25 up to lr over warmup_steps "
-        "(default 0.3), then down to lr/25e4", "step", _bind_one_cycle, needs_training_steps=True,
-        options=_END, default_warmup=0.3, start_ratio=1 / 25, end_over_start=1e-4,
+        "(default 0.3), then down to lr/25e4", "step", one_cycle, needs_training_steps=True,
+        options=_END, default_warmup=0.3, start_ratio=1 / 25, end_over_start=1e-4, after_warmup=False,
     ),
     ScheduleSpec(
-        "phases", "a list of schedules run one after the other, each on its own steps", "step", _bind_phases,
-        uses_warmup=False, options=("phases",), requires=("phases",), in_phases=False,
+        "phases", "a list of schedules run one after the other, each on its own steps", "step", phased,
+        uses_warmup=False, after_warmup=False, options=("phases",), requires=("phases",), in_phases=False,
     ),
 )
 
@@ -225,7 +165,7 @@ def list_schedules() -> list[str]:
     return sorted(SCHEDULE_SPECS)
 
 
-def multiplier(resolved: "ResolvedSchedule") -> Callable[[Step], Step]:
+def multiplier(resolved: ResolvedSchedule) -> Callable[[Step], Step]:
     """The picklable multiplier function of a resolved step-wise schedule.
 
     Example:
@@ -237,12 +177,30 @@ def multiplier(resolved: "ResolvedSchedule") -> Callable[[Step], Step]:
         (0.5, 1.0, 0.5, 0.0)
     """
     spec = SCHEDULE_SPECS[resolved.name]
-    if spec.bind is None:
+    if spec.curve is None:
         raise ValueError(f"schedule {resolved.name!r} is not a per-step multiplier")
-    return spec.bind(resolved)
+    if spec.curve is phased:  # each phase is a resolved schedule of its own
+        return functools.partial(phased, starts=tuple(p.start for p in resolved.phases),
+                                 parts=tuple(multiplier(p.schedule) for p in resolved.phases),
+                                 last_length=resolved.phases[-1].steps)
+    curve = _bound(spec.curve, resolved)
+    if not spec.after_warmup or resolved.warmup_steps == 0:
+        return curve
+    return functools.partial(phased, starts=(0, resolved.warmup_steps),
+                             parts=(_bound(linear_warmup, resolved), curve))
 
 
-def evaluate(resolved: "ResolvedSchedule", steps: "int | torch.Tensor") -> "torch.Tensor":
+@functools.lru_cache(maxsize=None)
+def _keywords(fn: Callable[..., Step]) -> tuple[str, ...]:
+    return tuple(n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
+def _bound(fn: Callable[..., Step], resolved: ResolvedSchedule) -> Callable[[Step], Step]:
+    """``fn`` with each keyword set to the resolved field of that name."""
+    return functools.partial(fn, **{name: getattr(resolved, name) for name in _keywords(fn)})
+
+
+def evaluate(resolved: ResolvedSchedule, steps: "int | torch.Tensor") -> "torch.Tensor":
     """The multiplier at every step in one vectorised call (``steps``: a count or a tensor).
 
     Example:
@@ -260,7 +218,7 @@ def evaluate(resolved: "ResolvedSchedule", steps: "int | torch.Tensor") -> "torc
     return values if isinstance(values, torch.Tensor) else torch.full_like(steps, float(values), dtype=torch.float64)
 
 
-def build_scheduler(optimizer: Any, resolved: "ResolvedSchedule") -> Any:
+def build_scheduler(optimizer: Any, resolved: ResolvedSchedule) -> Any:
     """The torch scheduler of a resolved schedule, or None when it has none."""
     build = SCHEDULE_SPECS[resolved.name].build
     return None if build is None else build(optimizer, resolved)
@@ -286,5 +244,5 @@ def get_noam_decay_schedule(optimizer: "torch.optim.Optimizer", num_warmup_steps
     if int(model_size) != model_size or model_size < 1:
         raise ValueError(f"model_size: {model_size!r} is not a model size; use an integer >= 1")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(noam, warmup=int(num_warmup_steps), model_size=int(model_size))
+        optimizer, functools.partial(noam, warmup_steps=int(num_warmup_steps), model_size=int(model_size))
     )

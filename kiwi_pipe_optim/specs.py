@@ -8,14 +8,13 @@ torch classes, and a test checks every option against the real constructor signa
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from .imports import import_module, import_object, split_path
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,7 @@ class OptimizerSpec:
             import torch
 
             return getattr(torch.optim, self.torch_class)
-        module, _, name = self.path.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_object(self.path)
 
 
 _BETAS = OptionSpec("betas", (0.9, 0.999))
@@ -248,11 +246,9 @@ def _option_kind(default: Any) -> str:
 def _spec_from_path(path: str) -> OptimizerSpec:
     import torch
 
-    module_name, _, class_name = path.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # a team's own optimizer, importable from the repository root
+    module_name, class_name = split_path(path)
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name)
     except Exception as e:  # noqa: BLE001 - a broken user module is a params mistake too
         raise ValueError(f"cannot import '{module_name}' ({type(e).__name__}: {e}); give 'package.module:ClassName' "
                          f"importable from the repository root") from None

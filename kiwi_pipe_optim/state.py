@@ -7,15 +7,14 @@ plain containers, and its layout is checked before anything is restored.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError, Problem
+from .files import atomic_open
 
 FORMAT = "kiwi-pipe-optim/optimizer-state"
 VERSION = 1
@@ -40,15 +39,8 @@ def save_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler: An
         "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

@@ -46,3 +46,29 @@ def _git_identity(monkeypatch):
         "GIT_COMMITTER_NAME": "kiwi test", "GIT_COMMITTER_EMAIL": "test@kiwi.invalid",
     }.items():
         monkeypatch.setenv(key, os.environ.get(key, value))
+
+
+_MIGRATED: list[Path] = []
+
+
+def empty_store(path: Path) -> str:
+    """A new, empty MLflow sqlite store at ``path``, its URI: a copy of one migrated once per test
+    process (MLflow's migrations cost seconds a store)."""
+    import shutil
+    import tempfile
+
+    if not _MIGRATED:
+        from mlflow.tracking import MlflowClient
+
+        first = Path(tempfile.mkdtemp(prefix="kiwi-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{first}").search_experiments()
+        _MIGRATED.append(first)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_MIGRATED[0], path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path):
+    """The URI of an empty MLflow store in ``tmp_path`` (``mlflow.db``)."""
+    return empty_store(tmp_path / "mlflow.db")

@@ -12,14 +12,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiwi_pipe_optim import OptimizerConfig
-from kiwi_pipe_optim.integrations.checkpoint import (
+from kiwi_pipe_optim.integrations.stage.checkpoint import (
     PACKED,
-    checkpointer,
+    Checkpointer,
     pack_optimizer_states,
     unpack_optimizer_states,
 )
-from kiwi_pipe_optim.integrations.hooks import stage_callback
-from kiwi_pipe_optim.integrations.lightning import attach_config, step_recorder
+from kiwi_pipe_optim.integrations.stage.callback import stage_callback
+from kiwi_pipe_optim.integrations.lightning import StepRecorder, attach_config
 
 
 def same(a, b):
@@ -95,9 +95,10 @@ def test_only_the_stage_checkpoint_is_packed_and_a_resume_restores_the_optimizer
     ours = tmp_path / "train.ckpt"
 
     def trainer(max_steps, callbacks):
-        saver = checkpointer(L, path=ours, every_n_steps=3, params={}, config=config)
+        saver = Checkpointer(ours, every_n_steps=3, params={}, config=config)
+        hooks = stage_callback(L, StepRecorder(), saver, config, assignment=[])
         return L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", callbacks=[stage_callback(L, step_recorder(L), saver), *callbacks])
+                         accelerator="cpu", callbacks=[hooks, *callbacks])
 
     module = Tiny()
     attach_config(module, config)

@@ -4,8 +4,10 @@ import subprocess
 
 import pytest
 
-from kiwi_pipe_optim.integrations.mlflow import MlflowRun
-from tests.conftest import BIN
+from kiwi_pipe_optim.integrations.tracking.run import MlflowRun
+from tests.conftest import BIN, empty_store
+
+pytestmark = pytest.mark.xdist_group("compare")  # one store for the module
 
 RUNS = {
     # name: (params, lr curve of "default", dvc experiment)
@@ -20,14 +22,12 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    uri = empty_store(tmp_path_factory.mktemp("store") / "mlflow.db")
     for name, (params, curve, exp) in RUNS.items():
         run = MlflowRun(uri, "kiwi-pipe-optim", name, {"dvc.exp_name": exp} if exp else {})
         run.log_params(params)
-        for step, lr in enumerate(curve):
-            run.add("lr/default", lr, step)
-            run.add("lr/encoder", lr / 10, step)
-        run.add("val_loss", 1.0 / (1 + len(name)), len(curve))
+        rows = [(("lr/default", "lr/encoder"), [lr, lr / 10], 1000 * step, step) for step, lr in enumerate(curve)]
+        run.journal.append_rows(rows + [(("val_loss",), [1.0 / (1 + len(name))], 1000 * len(curve), len(curve))])
         run.end("FINISHED")
     return uri
 

@@ -11,8 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiwi_pipe_optim import OptimizerConfig, list_optimizers
-from kiwi_pipe_optim.integrations.journal import Journal
-from kiwi_pipe_optim.integrations.lightning import KiwiOptimizers, attach_config, flavor_of, step_recorder
+from kiwi_pipe_optim.integrations.tracking.journal import Journal
+from kiwi_pipe_optim.integrations.lightning import (KiwiOptimizers, attach_config, flavor_of, resolved_schedule,
+                                                    step_recorder)
 from kiwi_pipe_optim.integrations.logger import kiwi_logger
 from kiwi_pipe_optim.schedules import multiplier
 
@@ -109,7 +110,7 @@ def test_every_optimizer_trains_in_lightning(name, base):
     assert [step for step, _ in logged["lr/default"]] == [0, 1, 2, 3]
     assert isinstance(trainer.optimizers[0], type(trainer.optimizers[0]))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
-    resolved = module.kiwi_resolved
+    resolved = resolved_schedule(trainer.optimizers[0])
     if resolved.name != "none":
         f = multiplier(resolved)
         assert [lr for _, lr in logged["lr/default"]] == pytest.approx(
@@ -139,8 +140,9 @@ def test_training_steps_come_from_the_trainer_with_accumulation():
     config = OptimizerConfig(class_name="adamw", learning_rate=1e-3, warmup_steps=0.25)
     trainer, logged = fit(module, config, max_steps=-1, max_epochs=3, accumulate=2)
     # 4 batches per epoch, 2 per optimizer step, 3 epochs: 6 optimizer steps
-    assert module.kiwi_resolved.training_steps == 6 == trainer.global_step
-    assert module.kiwi_resolved.warmup_steps == 2
+    resolved = resolved_schedule(trainer.optimizers[0])
+    assert resolved.training_steps == 6 == trainer.global_step
+    assert resolved.warmup_steps == 2
     assert [s for s, _ in logged["lr/default"]] == list(range(6))
     assert [s for s, _ in logged["train_loss"]] == list(range(6))
 

@@ -7,7 +7,7 @@ import torch
 
 from kiwi_pipe_optim import OptimizerConfig
 from kiwi_pipe_optim.examples.digits import DigitsTransformer
-from kiwi_pipe_optim.integrations.model_lint import lint_model, logged_metrics
+from kiwi_pipe_optim.integrations.stage.model_lint import lint_model, logged_metrics
 from kiwi_pipe_optim.lint import lint, resolve_errors
 from tests.conftest import BIN, ROOT
 

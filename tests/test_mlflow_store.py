@@ -5,13 +5,13 @@ import sqlite3
 import pytest
 
 from kiwi_pipe_optim import ConfigError
-from kiwi_pipe_optim.integrations import mlflow as kmlflow
-from kiwi_pipe_optim.integrations import store as kstore
+from kiwi_pipe_optim.integrations.tracking import run as kmlflow
+from kiwi_pipe_optim.integrations.tracking import store as kstore
 
 
 @pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path, sqlite_uri):
+    uri = sqlite_uri
     run = kmlflow.MlflowRun(uri, "exp", "first", {})
     run.end("KILLED")
     return tmp_path / "mlflow.db", uri, run

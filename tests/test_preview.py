@@ -12,10 +12,11 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiwi_pipe_optim import OptimizerConfig
-from kiwi_pipe_optim.integrations.params import load_stage_params, params_schema
-from kiwi_pipe_optim.integrations.classes import import_class, model_size_from_params
+from kiwi_pipe_optim.integrations.stage.params import load_stage_params, params_schema
+from kiwi_pipe_optim.integrations.stage.classes import import_class, model_on_meta
+from kiwi_pipe_optim.resolve import model_size_of
 from kiwi_pipe_optim.integrations.stage import run as run_stage
-from kiwi_pipe_optim.integrations.steps import run_steps_from_params, stepping_batches
+from kiwi_pipe_optim.integrations.stage.steps import run_steps_from_params, stepping_batches
 from kiwi_pipe_optim.preview import curves, sample_steps, write_csv
 from kiwi_pipe_optim.resolve import resolve_for
 from tests.conftest import BIN, ROOT, committed
@@ -87,7 +88,7 @@ def test_preview_equals_the_lrs_a_real_run_logs(name, tmp_path):
     path.write_text(yaml.safe_dump({**FAST, "optimizer": OPTIMIZERS[name]}))
     params = load_stage_params(path)
     steps, _ = run_steps_from_params(params)
-    write_csv(tmp_path / "preview.csv", curves(params.optimizer, steps, model_size_from_params(params)))
+    write_csv(tmp_path / "preview.csv", curves(params.optimizer, steps, model_size_of(model_on_meta(import_class(params.model, "model"), params.model))))
     metrics = run_stage(path, tmp_path)
     assert metrics["steps"] == steps  # 240 examples, batches of 32, pairs: 4 steps an epoch
     preview_header, preview = read_csv(tmp_path / "preview.csv")
@@ -116,7 +117,8 @@ def test_preview_and_the_run_decide_the_model_size_the_same_way(tmp_path):
                                         "optimizer": OPTIMIZERS["noam"]}))
         params = load_stage_params(path)
         model = import_class(params.model, "model")(**init_args)
-        assert model_size_from_params(params) == resolve_for(params.optimizer, model).model_size == size
+        on_meta = model_on_meta(import_class(params.model, "model"), params.model)
+        assert model_size_of(on_meta) == resolve_for(params.optimizer, model).model_size == size
 
 
 def test_long_runs_are_sampled_keeping_key_steps():

@@ -233,7 +233,7 @@ def test_three_phases_preview_equals_stepping_per_group():
 
 
 def test_phases_are_resume_checked_like_any_previewable_schedule(tmp_path):
-    from kiwi_pipe_optim.integrations.checkpoint import check_restored_lrs
+    from kiwi_pipe_optim.integrations.stage.checkpoint import check_restored_lrs
 
     cfg = OptimizerConfig.parse({"class_name": "sgd", "learning_rate": 0.1, "scheduler": "phases",
                                  "training_steps": T, "phases": PHASES3})

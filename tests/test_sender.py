@@ -7,9 +7,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kiwi_pipe_optim.integrations import logger as klogger
+from kiwi_pipe_optim.integrations.lightning import logger as klogger
 from kiwi_pipe_optim.integrations.logger import kiwi_logger
-from kiwi_pipe_optim.integrations.mlflow import MlflowRun
+from kiwi_pipe_optim.integrations.tracking.run import MlflowRun
 
 
 def pace(log, expected, done, seconds_per_step):
@@ -40,8 +40,8 @@ def test_inline_and_process_are_what_they_say(mode, expected):
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
-def test_every_value_reaches_the_run_once_whoever_sends(tmp_path, mode):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_every_value_reaches_the_run_once_whoever_sends(sqlite_uri, mode):
+    uri = sqlite_uri
     tracker = MlflowRun(uri, "exp", "run", {})
     log = kiwi_logger(L, tracker=tracker, flush_interval_s=0, sender=mode)
     assert tracker.background is (mode == "process")
@@ -60,11 +60,11 @@ def test_every_value_reaches_the_run_once_whoever_sends(tmp_path, mode):
     assert not tracker.background  # the sender was waited for
 
 
-def test_a_sender_that_dies_is_not_started_again_and_training_sends_the_rest(tmp_path):
+def test_a_sender_that_dies_is_not_started_again_and_training_sends_the_rest(sqlite_uri):
     import os
     import signal
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     tracker = MlflowRun(uri, "exp", "run", {})
     log = kiwi_logger(L, tracker=tracker, flush_interval_s=0, sender="auto")
     log.expect_steps(None)

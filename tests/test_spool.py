@@ -6,7 +6,7 @@ import subprocess
 
 from mlflow.tracking import MlflowClient
 
-from kiwi_pipe_optim.integrations.mlflow import MlflowRun
+from kiwi_pipe_optim.integrations.tracking.run import MlflowRun
 from tests.conftest import BIN
 from tests.e2e.conftest import free_port
 
@@ -15,11 +15,11 @@ def send(*args):
     return subprocess.run([str(BIN / "kiwi-optim"), "send-spool", *map(str, args)], capture_output=True, text=True)
 
 
-def test_spool_goes_to_the_run_and_ends_it(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_spool_goes_to_the_run_and_ends_it(tmp_path, sqlite_uri):
+    uri = sqlite_uri
     run = MlflowRun(uri, "kiwi-pipe-optim", "cut-off", {})
-    run.add("lr/default", 0.5, 0)
-    run.flush()
+    run.journal.append_rows([(("lr/default",), [0.5], 0, 0)])
+    run.send()
     spool = tmp_path / f"{run.run_id}.jsonl"
     spool.write_text("\n".join(json.dumps(r) for r in [
         {"run_id": run.run_id, "uri": "http://127.0.0.1:1"},  # the server the run was logging to

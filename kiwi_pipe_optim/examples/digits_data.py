@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..integrations.resumable import ResumableDataLoader
+from ..integrations.lightning.resumable import ResumableDataLoader
 
 
 class DigitsDataModule:

@@ -1,10 +1,15 @@
 """A real DVC repository in a temp dir, holding this project's pipeline, for end-to-end tests."""
 
+import atexit
+import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -60,15 +65,46 @@ def committed_project(path: Path) -> None:
         tar.extractall(path, filter="data")
 
 
+_TEMPLATE: list[Path] = []
+
+
+def template() -> Path:
+    """The pipeline as committed, in a git repository with the small params and an empty MLflow
+    store (its migrations cost seconds): built once per test process, copied by every test."""
+    if not _TEMPLATE:
+        path = Path(tempfile.mkdtemp(prefix="kiwi-template-")) / "repo"
+        atexit.register(shutil.rmtree, path.parent, True)
+        path.mkdir()
+        committed_project(path)
+        base = yaml.safe_load((path / "params.yaml").read_text())
+        (path / "params.yaml").write_text(yaml.safe_dump(merge(base, FAST), sort_keys=False))
+        sh(["git", "init", "-q", "-b", "main"], path)
+        sh(["git", "add", "-A"], path)
+        sh(["git", "commit", "-q", "-m", "pipeline"], path)
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(f"sqlite:///{path / 'mlflow.db'}").search_experiments()  # git ignores it
+        _TEMPLATE.append(path)
+    return _TEMPLATE[0]
+
+
 def make_repo(path: Path, params: dict[str, Any] | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    committed_project(path)
-    base = yaml.safe_load((path / "params.yaml").read_text())
-    (path / "params.yaml").write_text(yaml.safe_dump(merge(merge(base, FAST), params or {}), sort_keys=False))
-    sh(["git", "init", "-q", "-b", "main"], path)
-    sh(["git", "add", "-A"], path)
-    sh(["git", "commit", "-q", "-m", "pipeline"], path)
+    """A copy of :func:`template`, its params merged with ``params`` and committed."""
+    shutil.copytree(template(), path, symlinks=True)
+    if params:
+        base = yaml.safe_load((path / "params.yaml").read_text())
+        (path / "params.yaml").write_text(yaml.safe_dump(merge(base, params), sort_keys=False))
+        sh(["git", "commit", "-q", "-am", "params"], path)
     return path
+
+
+def runs_in(repo: Path, experiment: str = "kiwi-pipe-optim") -> list[Any]:
+    """The runs the repository's MLflow store holds, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 @pytest.fixture
@@ -111,3 +147,46 @@ def stop_server(server: subprocess.Popen, signal: int = 15) -> None:
     except ProcessLookupError:
         pass
     server.wait(timeout=30)
+
+
+def stage_in_process(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python stages/train.py ARGS`` in ``repo``, run in this process (no interpreter start-up
+    and no imports to pay): its exit status, stdout and stderr, as ``sh`` returns them.
+
+    The user's modules the stage imports from ``repo`` are forgotten afterwards, so a later test
+    may write its own under the same name.
+    """
+    from kiwi_pipe_optim.integrations.stage import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
+        del os.environ[key]
+    os.environ.update(env)
+    os.chdir(repo)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        root = str(Path(repo).resolve())
+        for name in [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(root)]:
+            del sys.modules[name]
+    return subprocess.CompletedProcess(["stages/train.py", *args], code, out.getvalue(), err.getvalue())
+
+
+def kiwi_optim_in_process(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """``kiwi-optim ARGS`` in ``repo``, in this process, as ``sh`` would return it."""
+    from kiwi_pipe_optim.cli import main
+
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(repo)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["kiwi-optim", *args], code, out.getvalue(), err.getvalue())

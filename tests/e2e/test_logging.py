@@ -1,16 +1,20 @@
 """Every value a user's module logs reaches MLflow, live within an epoch, through our Lightning
-logger; DVC draws the LR of every param group; the logger works with a plain Trainer too."""
+logger; DVC draws the LR of every param group; the logger works with a plain Trainer too.
+
+The stage and the Trainer run in this process: what is tested is what reaches MLflow and the
+files, not the interpreter (test_users runs a pytorch_lightning project through ``dvc repro``).
+"""
 
 import json
-import subprocess
-import sys
+import shutil
+import threading
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kiwi_pipe_optim.integrations.store import client_for
-from tests.e2e.conftest import sh, tool_env
+from kiwi_pipe_optim.integrations.tracking.store import client_for
+from tests.e2e.conftest import sh, stage_in_process, template
 
 pytestmark = pytest.mark.e2e
 
@@ -59,13 +63,12 @@ def steps(c, run, key):
     return sorted(m.step for m in c.get_metric_history(run.info.run_id, key))
 
 
-def test_every_self_log_metric_reaches_mlflow_through_dvc_repro(repo_factory):
+def test_every_self_log_metric_reaches_mlflow(repo_factory):
     repo = repo_factory({"model": {"class_path": "user_metrics:Metrics", "init_args": {}},
                          "trainer": {"log_every_n_steps": 1}})
     (repo / "user_metrics.py").write_text(METRICS_MODULE)
-    sh(["git", "add", "user_metrics.py"], repo)
-    sh(["git", "commit", "-qm", "metrics module"], repo)
-    sh(["dvc", "repro"], repo)
+    result = stage_in_process(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
     c, run = only_run(repo)
     assert run.info.status == "FINISHED" and run.data.tags["kiwi.lightning_flavor"] == "pytorch_lightning"
     every_step, every_epoch = list(range(10)), [4, 9]  # 5 steps an epoch, 2 epochs
@@ -77,37 +80,61 @@ def test_every_self_log_metric_reaches_mlflow_through_dvc_repro(repo_factory):
     assert {"train_acc_epoch", "f1_macro", "zz_custom/ratio", "train_loss"} <= set(metrics)
 
 
+SLOW_MODULE = '''
+import time
+
+from kiwi_pipe_optim.examples.digits import DigitsMLP
+
+
+class SlowDigits(DigitsMLP):
+    """At least 10 ms a step, however fast the machine: the epoch lasts many flush intervals."""
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.01)
+        return super().training_step(batch, batch_idx)
+'''
+
+
+@pytest.mark.xdist_group("serial")  # a starved watcher would see the epoch only once it has ended
 def test_values_are_live_within_a_long_epoch(repo_factory):
-    """One epoch of 1,438 steps (digits, batches of 1): the store shows part of it before it ends."""
-    repo = repo_factory({"data": {"init_args": {"limit": None, "batch_size": 1}},
-                         "trainer": {"max_epochs": 1}, "mlflow": {"flush_interval_s": 1},
+    """One epoch of 200 steps (batches of 1), 2 s at least, flushed every 0.2 s: the store shows
+    part of it before it ends, while the stage trains in this thread and another one watches."""
+    repo = repo_factory({"data": {"init_args": {"limit": 250, "batch_size": 1}},
+                         "model": {"class_path": "user_slow:SlowDigits", "init_args": {"hidden": 16}},
+                         "trainer": {"max_epochs": 1}, "mlflow": {"flush_interval_s": 0.2},
                          "checkpoint": {"every_n_steps": 0}})
-    process = subprocess.Popen([sys.executable, "stages/train.py"], cwd=repo, env=tool_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen, deadline = [], time.time() + 240
-    try:
-        while process.poll() is None and time.time() < deadline:
-            time.sleep(0.3)
-            if not (repo / "mlflow.db").exists():
-                continue
-            c = client_for(f"sqlite:///{repo / 'mlflow.db'}")  # waits while the stage creates the store
-            experiment = c.get_experiment_by_name("kiwi-pipe-optim")
+    (repo / "user_slow.py").write_text(SLOW_MODULE)
+    seen, done = [], threading.Event()
+
+    def watch():
+        c = client_for(f"sqlite:///{repo / 'mlflow.db'}")
+        experiment = None
+        while not done.is_set():
+            time.sleep(0.05)
+            experiment = experiment or c.get_experiment_by_name("kiwi-pipe-optim")
             found = c.search_runs([experiment.experiment_id]) if experiment else []
             if found and "val_loss" not in found[0].data.metrics:
                 seen.append(len(c.get_metric_history(found[0].info.run_id, "lr/default")))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = stage_in_process(repo)
     finally:
-        _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr[-3000:]
-    partial = [n for n in seen if 0 < n < 1438]
+        done.set()
+        watcher.join(timeout=30)
+    assert result.returncode == 0, result.stderr[-3000:]
+    partial = [n for n in seen if 0 < n < 200]
     assert partial, f"no partial history seen while the epoch ran: {seen}"
     c, run = only_run(repo)
-    assert steps(c, run, "lr/default") == list(range(1438))
+    assert steps(c, run, "lr/default") == list(range(200))
 
 
 def test_dvc_plots_draw_every_param_group(repo_factory):
     rules = [{"name": "embed", "match": "encoder.embed", "lr": 0.001}, {"name": "head", "match": "head", "lr_scale": 2}]
     repo = repo_factory({"optimizer": {"encoder_learning_rate": None, "param_groups": rules}})
-    sh(["dvc", "repro", "train"], repo)
+    trained = stage_in_process(repo)  # the train stage's own command: DVC reads what it wrote
+    assert trained.returncode == 0, trained.stderr[-3000:]
     shown = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
     drawn = {name for name, plots in shown["data"].items() if name.startswith("plots/lr/") and plots}
     assert drawn == {"plots/lr/embed.csv", "plots/lr/head.csv", "plots/lr/default.csv"}
@@ -117,30 +144,26 @@ def test_dvc_plots_draw_every_param_group(repo_factory):
         assert [int(v["step"]) for v in values] == list(range(10)), name
 
 
-def test_the_logger_with_a_plain_trainer_outside_the_stage(tmp_path):
-    code = f'''
-import lightning.pytorch as L
-import torch
-from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+def test_the_logger_with_a_plain_trainer_outside_the_stage(tmp_path, monkeypatch):
+    """Under the other import name, lightning.pytorch, and with no stage around it."""
+    import lightning.pytorch as L
+    from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 
-from kiwi_pipe_optim.integrations.lightning import lr_monitor
-from kiwi_pipe_optim.integrations.logger import mlflow_logger
+    from kiwi_pipe_optim.integrations.lightning import lr_monitor
+    from kiwi_pipe_optim.integrations.logger import mlflow_logger
 
+    class Logged(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("my_loss", out["loss"])
+            return out
 
-class Logged(BoringModel):
-    def training_step(self, batch, batch_idx):
-        out = super().training_step(batch, batch_idx)
-        self.log("my_loss", out["loss"])
-        return out
-
-
-trainer = L.Trainer(max_steps=6, logger=mlflow_logger("sqlite:///{tmp_path / 'plain.db'}", run_name="plain"),
-                    callbacks=[lr_monitor()], log_every_n_steps=1, enable_progress_bar=False,
-                    enable_checkpointing=False, limit_val_batches=0)
-trainer.fit(Logged(), BoringDataModule())
-'''
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)  # where MLflow and Lightning write what they write
+    shutil.copy(template() / "mlflow.db", tmp_path / "plain.db")  # an empty store, its migrations done
+    trainer = L.Trainer(max_steps=6, logger=mlflow_logger(f"sqlite:///{tmp_path / 'plain.db'}", run_name="plain"),
+                        callbacks=[lr_monitor()], log_every_n_steps=1, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(Logged(), BoringDataModule())
     c = MlflowClient(f"sqlite:///{tmp_path / 'plain.db'}")
     [run] = c.search_runs([c.get_experiment_by_name("kiwi-pipe-optim").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "plain"

@@ -1,14 +1,16 @@
 """`dvc repro`, `dvc exp run` and the DVC queue on the real pipeline, read back from MLflow."""
 
 import json
+import shutil
 import time
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import make_repo, sh
+from tests.e2e.conftest import make_repo, sh, stage_in_process
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]  # one module-scoped repository
 
 EXPERIMENT = "kiwi-pipe-optim"
 
@@ -107,10 +109,8 @@ def test_exp_run_with_overrides_is_a_second_run(repo):
 # Every point differs from the experiments run before: DVC restores a stage it has already run
 # with the same params and deps from its run cache, without running it (so without a new run).
 SWEEP = [
-    ["-S", "optimizer.class_name=sgd", "-S", "optimizer.learning_rate=0.02"],
     ["-S", "optimizer.class_name=adam", "-S", "optimizer.learning_rate=0.002", "-S", "+optimizer.scheduler=cosine"],
     ["-S", "optimizer.class_name=noam", "-S", "optimizer.learning_rate=1.0"],
-    ["-S", "optimizer.class_name=adamw", "-S", "optimizer.learning_rate=0.003"],
 ]
 
 
@@ -129,11 +129,11 @@ def test_queued_sweep_lands_in_the_repository_store(repo):
         time.sleep(3)
     assert "Failed" not in status, status + sh(["dvc", "queue", "logs", status.split()[-1]], path, check=False).stdout
     new = [r for r in runs(path) if r.info.run_id not in before]
-    assert len(new) == 4, status
+    assert len(new) == 2, status
     assert all(r.info.status == "FINISHED" for r in new)
     chosen = sorted((r.data.params["optimizer.class_name"], r.data.params["resolved.schedule"]) for r in new)
-    assert chosen == [("adam", "cosine"), ("adamw", "linear"), ("noam", "noam"), ("sgd", "none")], status
-    assert len({r.data.tags["dvc.exp_name"] for r in new}) == 4
+    assert chosen == [("adam", "cosine"), ("noam", "noam")], status
+    assert len({r.data.tags["dvc.exp_name"] for r in new}) == 2
     assert all({"lr/default", "lr/encoder", "train_loss", "val_loss"} <= set(r.data.metrics) for r in new)
     assert not list((path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store in the temp copies
     shown = sh(["dvc", "exp", "show", "--json"], path).stdout
@@ -150,15 +150,21 @@ def test_plots_diff_overlays_two_experiments(repo, tmp_path):
     assert "plots/lr/default.csv" in html and "plots/lr/encoder.csv" in html and "plots/schedule.csv" in html
 
 
-def test_muon_with_wsd_trains_through_exp_run(repo):
-    """The section of the Muon issue, set with -S on the bundled Transformer for 1,000 steps: both
-    halves of every group logged, warm-up, the stable stretch and the 1-sqrt decay in the LR history."""
-    path = repo["path"]
+def test_muon_with_wsd_trains_in_the_stage(repo, tmp_path):
+    """The section of the Muon issue on the bundled Transformer for 200 steps: both halves of every
+    group logged, warm-up, the stable stretch and the 1-sqrt decay in the LR history. (``-S``
+    reaching the stage is the exp run test's; this one is about what trains.)"""
+    path = tmp_path / "muon"
+    shutil.copytree(repo["path"], path, symlinks=True)
     sh(["git", "checkout", "--", "params.yaml"], path)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["optimizer"].update(class_name="muon", learning_rate=0.02, warmup_steps=20, training_steps=200,
+                               scheduler="wsd")
+    params["trainer"]["max_epochs"] = 40
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before = {r.info.run_id for r in runs(path)}
-    sh(["dvc", "exp", "run", "-S", "optimizer.class_name=muon", "-S", "optimizer.learning_rate=0.02",
-        "-S", "optimizer.warmup_steps=100", "-S", "+optimizer.training_steps=1000", "-S", "+optimizer.scheduler=wsd",
-        "-S", "trainer.max_epochs=200"], path, timeout=600)
+    trained = stage_in_process(path)
+    assert trained.returncode == 0, trained.stderr
     [run] = [r for r in runs(path) if r.info.run_id not in before]
     assert run.info.status == "FINISHED"
     assert (run.data.params["optimizer.class_name"], run.data.params["resolved.schedule"]) == ("muon", "wsd")
@@ -167,11 +173,11 @@ def test_muon_with_wsd_trains_through_exp_run(repo):
     assert "lr/default" not in run.data.metrics
 
     def wsd(step):
-        if step < 100:
-            return step / 100
-        return 1.0 if step < 900 else 1 - ((step - 900) / 100) ** 0.5
+        if step < 20:
+            return step / 20
+        return 1.0 if step < 180 else 1 - ((step - 180) / 20) ** 0.5
 
     for key, lr in (("lr/encoder", 0.005), ("lr/encoder/adamw", 0.0005), ("lr/default/adamw", 0.002)):
         history = sorted((m.step, m.value) for m in client(path).get_metric_history(run.info.run_id, key))
-        assert [s for s, _ in history] == list(range(1000))
-        assert [v for _, v in history] == pytest.approx([lr * wsd(s) for s in range(1000)], rel=1e-9, abs=1e-15)
+        assert [s for s, _ in history] == list(range(200))
+        assert [v for _, v in history] == pytest.approx([lr * wsd(s) for s in range(200)], rel=1e-9, abs=1e-15)

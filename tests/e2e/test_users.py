@@ -1,6 +1,11 @@
-"""What users bring, through the whole DVC pipeline (``schedule`` and ``train``): Lightning's own
-demo classes, a module and data module written against ``pytorch_lightning`` that take no
-``batch_size`` argument, and a reduce-on-plateau experiment."""
+"""What users bring, through the pipeline's ``schedule`` and ``train``: Lightning's own demo
+classes, a module and data module written against ``pytorch_lightning`` that take no
+``batch_size`` argument, and a reduce-on-plateau experiment.
+
+The last two go through DVC (``dvc repro``, ``dvc exp run``), each stage in its own interpreter,
+where only ``pytorch_lightning`` is imported; the demo classes run the stages' own commands in
+this process, what they prove being the planned curve against the one trained.
+"""
 
 import json
 
@@ -8,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import sh
+from tests.e2e.conftest import kiwi_optim_in_process, sh, stage_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -67,14 +72,20 @@ def history(client, run, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
 
 
-def test_lightnings_boring_model_and_data_module_through_dvc_repro(repo_factory):
+
+
+def test_lightnings_boring_model_and_data_module_planned_and_trained(repo_factory):
     repo = repo_factory({
         "data": {"class_path": "lightning.pytorch.demos.boring_classes:BoringDataModule"},
         "model": {"class_path": "lightning.pytorch.demos.boring_classes:BoringModel"},
         "optimizer": {"class_name": "adamw", "learning_rate": 0.01, "warmup_steps": 0.1, "weight_decay": 0.01,
                       "scheduler": "cosine", "encoder_learning_rate": None},
     })
-    result = sh(["dvc", "repro"], repo)
+    # the schedule stage's command (its PNG aside), then the train stage's
+    planned = kiwi_optim_in_process(repo, "preview", "params.yaml", "--csv", "plots/schedule.csv")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    result = stage_in_process(repo)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "BoringModel.configure_optimizers is replaced by the params' optimizer section" in result.stderr
     steps = json.loads((repo / "metrics.json").read_text())["steps"]
     assert steps == 128  # BoringDataModule: 64 examples, batches of 1, 2 epochs

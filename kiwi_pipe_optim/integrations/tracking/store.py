@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from ..errors import ConfigError, Problem
+from ...errors import ConfigError, Problem
 
 DEFAULT_DB = "mlflow.db"
 MAX_PARAM_LENGTH = 6000
+
+
+def repository_root() -> Path:
+    """The DVC repository the stage belongs to, where the MLflow store lives. Queued experiments
+    run in a temporary copy, but DVC points ``DVC_ROOT`` at the original."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri(configured: str | None, root: Path) -> str:

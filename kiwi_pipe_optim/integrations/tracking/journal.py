@@ -12,12 +12,19 @@ write, reading a range is one ``numpy.fromfile``. Key names live in a small side
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from ...files import write_atomically
+
+logger = logging.getLogger("kiwi_pipe_optim")
 
 RECORD = np.dtype([("key", "<i4"), ("step", "<i8"), ("value", "<f8"), ("timestamp", "<i8")])
 Value = tuple[str, float, int, int]  # key, value, timestamp (ms), step: MLflow's Metric order
@@ -51,13 +58,7 @@ class Journal:
             return 0
 
     def mark_sent(self, offset: int) -> None:
-        tmp = self._sent_file.with_name(self._sent_file.name + ".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self._sent_file)
-
-    def append(self, values: list[tuple[str, Any, int, int]]) -> int:
-        """Write ``values`` (key, value, timestamp, step); return the journal's new length in bytes."""
-        return self.append_rows([((key,), [value], stamp, step) for key, value, stamp, step in values])
+        write_atomically(self._sent_file, str(offset))
 
     def append_rows(self, rows: list[Row]) -> int:
         """Write ``rows``, each the values of some keys at one step; return the journal's new
@@ -90,9 +91,7 @@ class Journal:
             value_column += values
             counts.append(len(keys))
         if new:  # before the records that name them: the sender process reads them in that order
-            tmp = self._keys_file.with_name(self._keys_file.name + ".tmp")
-            tmp.write_text(json.dumps(self.keys))
-            os.replace(tmp, self._keys_file)
+            write_atomically(self._keys_file, json.dumps(self.keys))
         records = np.empty(len(key_column), dtype=RECORD)
         records["key"] = key_column
         records["value"] = as_floats(value_column)
@@ -183,3 +182,35 @@ def rewind(journal: Journal, offset: int, step: int) -> set[tuple[str, int]]:
             f.write(keep.tobytes())
     journal.mark_sent(min(sent, offset))
     return already
+
+
+@contextlib.contextmanager
+def journal_lock(journal: Journal, timeout_s: float = 600.0) -> Iterator[int]:
+    """Hold ``<journal>.lock`` (yields the fd), waiting first for the sender process of an
+    interrupted run to finish sending. A sender started meanwhile gets a copy of the fd, so the
+    lock stays held until it too has exited.
+
+    Raises:
+        TimeoutError: it was still held after ``timeout_s``.
+    """
+    import fcntl
+
+    path = journal.path.with_name(journal.path.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"'{path}' is still held by the MLflow sender of an earlier run") from None
+                if not said:
+                    logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled")
+                    said = True
+                time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from ...files import write_atomically
+
 SHOWN_FILE = Path(".kiwi-pipe-optim") / "shown-findings.json"
 
 
@@ -33,8 +35,6 @@ def already_shown(params_path: str | Path, root: Path = Path(".")) -> set[str]:
 
 
 def remember_shown(params_path: str | Path, findings: Iterable[object], root: Path = Path(".")) -> None:
-    from .outputs import write_atomically
-
     try:
         write_atomically(root / SHOWN_FILE, json.dumps({"params": _digest(params_path),
                                                          "shown": sorted({str(f) for f in findings})}))

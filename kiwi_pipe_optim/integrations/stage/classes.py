@@ -6,24 +6,18 @@ dotted key before an MLflow run or a trainer exists.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
-from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, Problem, did_you_mean
-from ..resolve import model_size_of
-from .params import ImportedParams, StageParams
+from ...errors import ConfigError, Problem, did_you_mean
+from ...imports import import_module, split_path
+from .params import ImportedParams
 
 
 def import_class(spec: ImportedParams, section: str) -> type:
-    module_name, _, class_name = (spec.class_path.partition(":") if ":" in spec.class_path
-                                  else spec.class_path.rpartition("."))
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's own modules, by import path from the repo root
+    module_name, class_name = split_path(spec.class_path)
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name)  # the user's own modules, by import path from the repo root
     except ImportError as e:
         raise ConfigError(Problem(f"{section}.class_path", f"cannot import '{module_name}' ({e}); "
                                   f"give 'package.module:ClassName' importable from the repository root")) from None
@@ -61,20 +55,14 @@ def instantiate(cls: type, spec: ImportedParams, section: str) -> Any:
         raise ConfigError(Problem(f"{section}.init_args", f"{cls.__name__} refused them: {message}")) from None
 
 
-def model_on_meta(params: StageParams) -> Any:
-    """The params' model built on the meta device: its parameter names and shapes without their
-    memory, so previews and checks cost nothing whatever the model's size. A constructor that
-    computes with its tensors is built for real."""
+def model_on_meta(cls: type, spec: ImportedParams) -> Any:
+    """The model built on the meta device: its parameter names and shapes without their memory,
+    so previews and checks cost nothing whatever the model's size. A constructor that computes
+    with its tensors is built for real."""
     import torch
 
-    cls = import_class(params.model, "model")
     try:
         with torch.device("meta"):
-            return cls(**params.model.init_args)
+            return cls(**spec.init_args)
     except Exception:
-        return instantiate(cls, params.model, "model")
-
-
-def model_size_from_params(params: StageParams) -> int | None:
-    """The model size the run will use (see :func:`kiwi_pipe_optim.resolve.model_size_of`)."""
-    return model_size_of(model_on_meta(params))
+        return instantiate(cls, spec, "model")

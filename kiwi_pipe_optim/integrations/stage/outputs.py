@@ -12,36 +12,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .journal import Journal
+from ...files import write_atomically
+from ...preview import thinned
+from ..tracking.journal import Journal
 
 METRICS_FILE = "metrics.json"
 LR_PLOTS = "plots/lr"
 LOSS_PLOT = "plots/loss.csv"
 NOT_METRICS = ("lr/", "lr_effective/", "momentum/", "epoch")
 # The loss the module returned, per optimizer step: under kiwi/train_loss when the module logs a
-# train_loss of its own (see :class:`.lightning._StepRecorder`).
+# train_loss of its own (see :class:`..lightning.recorder.StepRecorder`).
 LOSS_KEYS = ("kiwi/train_loss", "train_loss")
 FINISHED_DIR = Path(".kiwi-pipe-optim") / "finished"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv(header: list[str], rows: Any) -> str:
@@ -53,10 +40,8 @@ def _csv(header: list[str], rows: Any) -> str:
 
 
 def _thin(steps: np.ndarray, values: np.ndarray, max_points: int) -> list[tuple[int, float]]:
-    if len(steps) > max_points > 0:
-        index = np.unique(np.append(np.arange(0, len(steps), math.ceil(len(steps) / max_points)), len(steps) - 1))
-        steps, values = steps[index], values[index]
-    return list(zip(steps.tolist(), values.tolist()))
+    index = thinned(len(steps), max_points)
+    return list(zip(steps[index].tolist(), values[index].tolist()))
 
 
 def write_outputs(out_dir: Path, journal: Journal, global_step: int, epochs: int, seconds: float,

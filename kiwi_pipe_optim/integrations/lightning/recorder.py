@@ -1,158 +1,25 @@
-"""Lightning glue that works with both import names of the project.
-
-``lightning.pytorch`` and ``pytorch_lightning`` ship the same classes under two names, and a
-Trainer of one refuses modules and callbacks of the other. Everything here therefore looks at
-which one the user's module derives from, and builds the trainer and callbacks from that one.
+"""The observer of what only the training loop knows: every param group's LR (and momentum,
+and an adaptive optimizer's step size) at every optimizer step, and the training loss per step.
+It hands them to every logger of the trainer, so it works with any ``Trainer(logger=...)``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import logging
-import math
 import time
 from types import ModuleType
 from typing import Any, Callable
 
 import torch
 
-from ..config import OptimizerConfig
-from ..optimizers import from_config
-from ..param_groups import group_names, lr_group
-from ..resolve import ResolvedSchedule, resolve_for
+from ...param_groups import group_names, lr_group
+from .contracts import RowLogger, StepAwareLogger
+from .flavor import run_step_count
 from .modes import OptimizerModes
 
-FLAVORS = ("lightning.pytorch", "pytorch_lightning")
-logger = logging.getLogger("kiwi_pipe_optim")
 
-
-def flavor_of(obj: Any) -> ModuleType:
-    """The Lightning package (``lightning.pytorch`` or ``pytorch_lightning``) a module (or its
-    class) derives from.
-
-    Raises:
-        TypeError: it is no LightningModule of either.
-    """
-    klass = obj if isinstance(obj, type) else type(obj)
-    for cls in klass.__mro__:
-        module = cls.__module__ or ""
-        for name in FLAVORS:
-            if module == name or module.startswith(name + "."):
-                flavor = importlib.import_module(name)
-                if issubclass(klass, flavor.LightningModule):
-                    return flavor
-    raise TypeError(
-        f"{klass.__module__}.{klass.__qualname__} is not a LightningModule; derive it from "
-        f"lightning.pytorch.LightningModule or pytorch_lightning.LightningModule"
-    )
-
-
-def run_step_count(trainer: Any) -> int | None:
-    """Optimizer steps the trainer will run (epochs, accumulation and devices counted), if finite."""
-    if trainer is None:
-        return None
-    steps = trainer.estimated_stepping_batches
-    return int(steps) if steps is not None and math.isfinite(steps) else None
-
-
-def configure_optimizers(module: Any, config: OptimizerConfig, encoder: str = "encoder") -> Any:
-    """What ``LightningModule.configure_optimizers`` should return for ``config``.
-
-    ``training_steps`` left unset becomes what the attached trainer will actually step; the model
-    size is decided by :func:`kiwi_pipe_optim.resolve.model_size_of`. The resolved schedule is
-    kept on the module (``kiwi_resolved``) for loggers and the resume check.
-
-    Example:
-        >>> class Model(L.LightningModule):  # doctest: +SKIP
-        ...     def configure_optimizers(self):
-        ...         return configure_optimizers(self, self.hparams.optimizer)
-    """
-    trainer = getattr(module, "_trainer", None)
-    steps = run_step_count(trainer)
-    config = _kernels_for(config, trainer)
-    module.kiwi_resolved = resolve_for(config, module, training_data_size=steps)
-    return from_config(config, module, model_size=module.kiwi_resolved.model_size, training_data_size=steps)
-
-
-MIXED = ("16", "bf16", "16-mixed", "bf16-mixed")
-
-
-def clips_under_mixed_precision(trainer: Any) -> bool:
-    """Lightning refuses, at the first step, to clip the gradients of an optimizer that unscales
-    them itself (a fused one) under mixed precision."""
-    precision = trainer.get("precision") if isinstance(trainer, dict) else getattr(trainer, "precision", None)
-    clip = trainer.get("gradient_clip_val") if isinstance(trainer, dict) else getattr(trainer, "gradient_clip_val", None)
-    return str(precision) in MIXED and bool(clip) and float(clip) > 0
-
-
-def _kernels_for(config: OptimizerConfig, trainer: Any) -> OptimizerConfig:
-    """``implementation: auto`` would pick fused kernels, which Lightning refuses to clip under mixed
-    precision: foreach there (the loop where the class has none), recorded in ``resolved.implementation``."""
-    spec = config.optimizer_spec
-    if trainer is None or config.implementation != "auto" or not spec.fused or not clips_under_mixed_precision(trainer):
-        return config
-    chosen = "foreach" if spec.foreach else "loop"
-    logger.info("optimizer.implementation: auto: %s, not fused: Lightning does not clip the gradients of a fused "
-                "optimizer under %s precision (trainer.gradient_clip_val)", chosen, trainer.precision)
-    return config.model_copy(update={"implementation": chosen})
-
-
-class KiwiOptimizers:
-    """Mixin giving a LightningModule a ``configure_optimizers`` built from ``optimizer_config``,
-    and schedule-free optimizers their modes (:mod:`.modes`) with any Trainer: train mode for
-    training steps, eval mode for validation and after fit. A module that overrides
-    ``on_train_start``, ``on_train_batch_start``, ``on_validation_start`` or ``on_train_end``
-    calls ``super()`` there.
-
-    Example:
-        >>> class Model(KiwiOptimizers, L.LightningModule): ...  # doctest: +SKIP
-        >>> model.optimizer_config = load_config("params.yaml")  # doctest: +SKIP
-    """
-
-    optimizer_config: OptimizerConfig | None = None
-
-    def configure_optimizers(self) -> Any:
-        if self.optimizer_config is None:
-            raise RuntimeError(f"{type(self).__name__}.optimizer_config is not set; assign an OptimizerConfig before fit")
-        return configure_optimizers(self, self.optimizer_config)
-
-    @property
-    def _kiwi_modes(self) -> OptimizerModes:
-        modes = self.__dict__.get("_kiwi_optimizer_modes")
-        if modes is None:
-            modes = self.__dict__["_kiwi_optimizer_modes"] = OptimizerModes()
-        return modes
-
-    def on_train_start(self) -> None:
-        self._kiwi_modes.start(self.trainer)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
-        self._kiwi_modes.to_train()
-
-    def on_validation_start(self) -> None:
-        self._kiwi_modes.to_eval(self.trainer)
-
-    def on_train_end(self) -> None:
-        self._kiwi_modes.to_eval()
-
-
-def attach_config(module: Any, config: OptimizerConfig) -> bool:
-    """Make ``module`` build its optimizer from ``config``; True if that replaced its own method.
-
-    Modules with the :class:`KiwiOptimizers` mixin get the config and keep their method (which
-    may refine ours). Any other module's ``configure_optimizers`` is replaced, as LightningCLI does
-    when the optimizer is configured: otherwise ``dvc exp run -S optimizer.…`` would silently
-    change nothing.
-    """
-    if isinstance(module, KiwiOptimizers):
-        module.optimizer_config = config
-        return False
-    replaced = type(module).configure_optimizers is not flavor_of(module).LightningModule.configure_optimizers
-    module.configure_optimizers = lambda: configure_optimizers(module, config)
-    return replaced
-
-
-class _StepRecorder:
+class StepRecorder:
     """Observes what only the training loop knows, and hands it to every logger of the trainer:
     the LR of every param group at every optimizer step, named after the group (``lr/encoder``),
     its momentum (or Adam's beta1) whenever that changes, the step size an adaptive optimizer
@@ -174,9 +41,8 @@ class _StepRecorder:
     step, each call less through a logger is a few tenths of a percent of the run.
     """
 
-    def __init__(self, on_resolved: Callable[[ResolvedSchedule, list[Any]], None] | None = None):
+    def __init__(self) -> None:
         super().__init__()
-        self.on_resolved = on_resolved
         self._loss_sum: Any = None
         self._loss_count = 0
         self._logged_step = -1
@@ -199,10 +65,7 @@ class _StepRecorder:
                                                                state["logged_step"])
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        resolved = getattr(pl_module, "kiwi_resolved", None)
-        if resolved is not None and self.on_resolved is not None and trainer.is_global_zero:
-            self.on_resolved(resolved, list(trainer.optimizers))
-        expecting = [logger for logger in trainer.loggers if hasattr(logger, "expect_steps")]
+        expecting = [logger for logger in trainer.loggers if isinstance(logger, StepAwareLogger)]
         if expecting:
             steps = run_step_count(trainer)
             for logger in expecting:
@@ -359,16 +222,24 @@ def _is_number(value: Any) -> bool:
 def _sink(logger: Any) -> Callable[[tuple[str, ...], list[Any], int], None]:
     """How the recorder hands one step's values to a logger: ours takes them as a row (one buffer
     entry), any other as the ``log_metrics`` dict every Lightning logger takes."""
-    row = getattr(logger, "log_row", None)
-    if row is not None:
-        return row
+    if isinstance(logger, RowLogger):
+        return logger.log_row
     return lambda keys, values, step: logger.log_metrics(dict(zip(keys, values)), step=step)
 
 
-def step_recorder(flavor: ModuleType, **kwargs: Any) -> Any:
-    """A :class:`_StepRecorder` that is a ``Callback`` of the given Lightning flavor."""
-    cls = type("StepRecorder", (_StepRecorder, flavor.Callback), {"__module__": __name__})
-    return cls(**kwargs)
+@functools.cache
+def monitor_class(flavor: ModuleType) -> type:
+    """:class:`StepRecorder` as a ``Callback`` of the given Lightning package."""
+
+    class LRLossMonitor(StepRecorder, flavor.Callback):
+        """The LR and loss observer, as a callback of this Lightning package."""
+
+    return LRLossMonitor
+
+
+def step_recorder(flavor: ModuleType) -> Any:
+    """A :class:`StepRecorder` that is a ``Callback`` of the given Lightning flavor."""
+    return monitor_class(flavor)()
 
 
 def lr_monitor(flavor: str = "lightning.pytorch") -> Any:

@@ -1,14 +1,12 @@
-"""Side-by-side comparison of runs read back from the MLflow store: the params that differ,
-final metrics, and the peak and final LR of every param group; plus their LR curves overlaid."""
+"""Runs read back from the MLflow store for a side-by-side comparison: the params that differ,
+final metrics, the peak and final LR of every param group and its curve."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, Problem
+from ...errors import ConfigError, Problem
 
 FINAL_METRICS = ("val_loss", "val_acc", "train_loss")
 
@@ -25,8 +23,7 @@ class RunSummary:
 
 
 def default_uri() -> str:
-    from .store import tracking_uri
-    from .stage import repository_root
+    from .store import repository_root, tracking_uri
 
     return tracking_uri(None, repository_root())
 
@@ -74,46 +71,3 @@ def summarize(client: Any, runs: Sequence[Any]) -> list[RunSummary]:
 def differing_params(summaries: Sequence[RunSummary]) -> list[str]:
     keys = sorted({k for s in summaries for k in s.params})
     return [k for k in keys if len({s.params.get(k) for s in summaries}) > 1]
-
-
-def table(summaries: Sequence[RunSummary]) -> Any:
-    from rich.table import Table
-
-    params = differing_params(summaries)
-    groups = sorted({g for s in summaries for g in s.lr})
-    metrics = [m for m in FINAL_METRICS if any(m in s.final for s in summaries)]
-    t = Table(title="runs compared", show_lines=False)
-    for column in ["run", "status", *params, *metrics, *[f"lr/{g} peak / final" for g in groups]]:
-        t.add_column(column, overflow="fold")
-    for s in summaries:
-        t.add_row(
-            s.name, s.status, *[s.params.get(p, "") for p in params],
-            *[f"{s.final[m]:.4g}" if m in s.final else "" for m in metrics],
-            *[f"{s.lr[g][0]:.3g} / {s.lr[g][1]:.3g}" if g in s.lr else "" for g in groups],
-        )
-    return t
-
-
-def plot(summaries: Sequence[RunSummary], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    for s in summaries:
-        for group, history in s.curves.items():
-            ax.plot([st for st, _ in history], [v for _, v in history], label=f"{s.name} lr/{group}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    ax.set_title("logged learning rates")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

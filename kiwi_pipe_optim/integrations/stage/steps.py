@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import ConfigError, Problem
+from ...errors import ConfigError, Problem
 
 
 def per_device_batches(train_size: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
@@ -53,9 +53,9 @@ def stepping_batches(train_size: int, batch_size: int, max_epochs: int | None, a
                               accumulate, max_steps, limit_train_batches)
 
 
-def epoch_batches(params: Any, world: int, train_size: int | None = None) -> tuple[int | None, str]:
+def epoch_batches(params: Any, world: int, train_size: int | None = None, data: Any = None) -> tuple[int | None, str]:
     """Batches one process trains on per epoch, and what they were counted from; ``None`` when
-    the train loader has no length (an iterable data set).
+    the train loader has no length (an iterable data set). ``data``: the data object, when built.
 
     The cheap way first: ``batch_size`` in the data's ``init_args`` and the data object's
     ``train_size``. Otherwise the loader the data object builds is asked, as Lightning does.
@@ -64,7 +64,8 @@ def epoch_batches(params: Any, world: int, train_size: int | None = None) -> tup
 
     batch_size = params.data.init_args.get("batch_size")
     if train_size is None or not isinstance(batch_size, int):
-        data = instantiate(import_class(params.data, "data"), params.data, "data")
+        if data is None:
+            data = instantiate(import_class(params.data, "data"), params.data, "data")
         train_size = train_size or getattr(data, "train_size", None)
         batch_size = batch_size if isinstance(batch_size, int) else getattr(data, "batch_size", None)
         drop_last = bool(getattr(data, "drop_last", False))
@@ -99,7 +100,7 @@ def _sized(obj: Any) -> bool:
     return True
 
 
-def run_steps_from_params(params: Any, train_size: int | None = None) -> tuple[int | None, str]:
+def run_steps_from_params(params: Any, train_size: int | None = None, data: Any = None) -> tuple[int | None, str]:
     """The run's optimizer steps from the stage's params, counted as the trainer will, and how;
     ``None`` (with the reason) when only training will tell."""
     trainer = params.trainer.trainer_kwargs()
@@ -112,7 +113,7 @@ def run_steps_from_params(params: Any, train_size: int | None = None) -> tuple[i
         max_epochs = 1000  # Lightning's own default
     if (max_epochs is None or max_epochs < 0) and max_steps >= 0:
         return max_steps, "trainer.max_steps"
-    batches, counted = epoch_batches(params, world, train_size)
+    batches, counted = epoch_batches(params, world, train_size, data)
     if batches is None:
         if max_steps >= 0:
             return max_steps, f"trainer.max_steps; {counted}"

@@ -23,18 +23,18 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Mapping
 
 import torch
 
-from ..config import OptimizerConfig
-from ..errors import ConfigError, Problem
-from ..param_groups import group_names
-from ..schedules import SCHEDULE_SPECS, evaluate
-from ..state import safe_load
-from .modes import OptimizerModes
-from .store import flatten
+from ...config import OptimizerConfig
+from ...errors import ConfigError, Problem
+from ...param_groups import group_names
+from ...schedules import SCHEDULE_SPECS, evaluate
+from ...state import safe_load
+from ..lightning import OptimizerModes, resolved_schedule
+from ..lightning.contracts import ConsumptionAware, JournalingLogger, StatefulLoader
+from ..tracking.store import flatten
 
 FORMAT = "kiwi-pipe-optim/resume"
 CHECKPOINT_FILE = Path(".kiwi-pipe-optim") / "checkpoints" / "train.ckpt"
@@ -97,7 +97,7 @@ def restore_loader(loader: Any, point: ResumePoint | None) -> None:
     a ``configure_optimizers`` that asks for ``trainer.estimated_stepping_batches`` (ours does)
     makes it build them earlier, and the state would be dropped.
     """
-    if point is not None and len(point.loader_states) == 1 and hasattr(loader, "load_state_dict"):
+    if point is not None and len(point.loader_states) == 1 and isinstance(loader, StatefulLoader):
         loader.load_state_dict(point.loader_states[0])
 
 
@@ -227,8 +227,9 @@ def unpack_optimizer_states(states: list[Any]) -> list[Any]:
     return unpacked
 
 
-class _Checkpointer:
-    """Saves every ``every_n_steps`` optimizer steps, right after the step, and restores.
+class Checkpointer:
+    """Saves every ``every_n_steps`` optimizer steps, right after the step, and restores; its
+    hooks are called by the stage's callback (:mod:`.callback`), under whose key its state is.
 
     A step that ends an epoch is saved at the epoch's end instead, after validation, so a resume
     never repeats or skips an epoch's validation. Logged values are not part of the checkpoint:
@@ -238,7 +239,6 @@ class _Checkpointer:
 
     def __init__(self, path: Path, every_n_steps: int, params: dict[str, str], config: OptimizerConfig,
                  run_id: str | None = None, modes: OptimizerModes | None = None):
-        super().__init__()
         self.modes = modes  # a schedule-free optimizer's weights are saved in eval mode, its average
         self.path = Path(path)
         self.every_n_steps = every_n_steps
@@ -289,9 +289,8 @@ class _Checkpointer:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.resumed_step is None:
             return
-        resolved = getattr(pl_module, "kiwi_resolved", None)
         for optimizer in trainer.optimizers:
-            check_restored_lrs(optimizer, self.config, resolved, trainer.global_step, self.path)
+            check_restored_lrs(optimizer, self.config, resolved_schedule(optimizer), trainer.global_step, self.path)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         # Restored here, not at load time: what Lightning does between the two (a sanity check,
@@ -319,7 +318,7 @@ class _Checkpointer:
 
     def _save(self, trainer: Any, consumed: float) -> None:
         loader = trainer.train_dataloader
-        if hasattr(loader, "mark_consumed"):
+        if isinstance(loader, ConsumptionAware):
             loader.mark_consumed(len(loader) if consumed == math.inf else int(consumed))
         self._saved_step = trainer.global_step
         self._journal_offset = _persist(trainer)
@@ -349,11 +348,5 @@ def _takes_weights_only(trainer_class: type) -> bool:
 
 def _persist(trainer: Any) -> int:
     """Journal what our logger holds; the journal's length (0 without our logger)."""
-    sizes = [logger.persist() for logger in trainer.loggers if hasattr(logger, "persist")]
+    sizes = [logger.persist() for logger in trainer.loggers if isinstance(logger, JournalingLogger)]
     return sizes[0] if sizes else 0
-
-
-def checkpointer(flavor: ModuleType, **kwargs: Any) -> Any:
-    """A :class:`_Checkpointer` that is a ``Callback`` of the given Lightning flavor."""
-    cls = type("Checkpointer", (_Checkpointer, flavor.Callback), {"__module__": __name__})
-    return cls(**kwargs)

@@ -1,34 +1,40 @@
-"""The stage's LR recorder and checkpointer, handed to Lightning as one callback.
+"""The stage's one Lightning callback: the LR and loss recorder, the checkpointer and the record
+of what was resolved, called in the order they must act.
 
-Lightning calls every hook of every callback at every step, overridden or not, each through a
-profiler context and a few property lookups: six hooks a step, a few µs each in a training
-loop's cold caches. For the 8-group benchmark model a second callback cost ~1% of its steps;
-the per-batch hooks neither part needs are not callable, and so not called at all.
+One callback rather than three: Lightning calls every hook of every callback at every step,
+each through a profiler context and a few property lookups.
 
-In the checkpoint the state is the checkpointer's (under its ``state_key`` ``Checkpointer``, as
-the two callbacks wrote it), with the recorder's under ``recorder``.
+In the checkpoint the state is the checkpointer's, with the recorder's under ``recorder``.
 """
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
+from ...config import OptimizerConfig
+from ...param_groups import Assignment
+from ..lightning import StepRecorder, resolved_schedule
+from .checkpoint import Checkpointer
+from .tags import log_resolved
 
-class _StageCallback:
-    """Dispatches to the recorder (:class:`.lightning._StepRecorder`) and the checkpointer
-    (:class:`.checkpoint._Checkpointer`), the recorder first, as their order was."""
 
-    # Per-batch hooks neither needs: Lightning skips a hook that is not callable, so these cost
-    # nothing at all rather than a dispatch each at every step.
-    on_before_backward = on_after_backward = on_before_zero_grad = None
-    on_validation_batch_start = on_validation_batch_end = None
-    on_test_batch_start = on_test_batch_end = on_predict_batch_start = on_predict_batch_end = None
+class StageHooks:
+    """What the stage does at Lightning's hooks; :func:`stage_callback` makes it a ``Callback``.
 
-    def __init__(self, recorder: Any, checkpointer: Any):
+    ``tracker``: the MLflow run the resolved schedule is logged to at the start of training
+    (``None`` with MLflow off, and on every rank but 0).
+    """
+
+    def __init__(self, recorder: StepRecorder, checkpointer: Checkpointer, config: OptimizerConfig,
+                 assignment: list[Assignment], tracker: Any = None):
         super().__init__()
         self.recorder = recorder
         self.checkpointer = checkpointer
+        self.config = config
+        self.assignment = assignment
+        self.tracker = tracker
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.checkpointer.state_dict(), "recorder": self.recorder.state_dict()}
@@ -37,7 +43,6 @@ class _StageCallback:
         self.checkpointer.load_state_dict(state)
         if "recorder" in state:
             self.recorder.load_state_dict(state["recorder"])
-        self._batch_start_when_due()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self.checkpointer.on_save_checkpoint(trainer, pl_module, checkpoint)
@@ -49,27 +54,19 @@ class _StageCallback:
         self.checkpointer.on_fit_start(trainer, pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.tracker is not None and trainer.is_global_zero:
+            optimizers = list(trainer.optimizers)
+            resolved = resolved_schedule(optimizers[0]) if optimizers else None
+            log_resolved(self.tracker, self.config, self.assignment, resolved, optimizers)
         self.recorder.on_train_start(trainer, pl_module)
         self.checkpointer.on_train_start(trainer, pl_module)
-        self._batch_start_when_due()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.recorder.on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.checkpointer.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        self._batch_start_when_due()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self.recorder.on_validation_start(trainer, pl_module)
-        self._batch_start_when_due()
-
-    def _batch_start_when_due(self) -> None:
-        """The checkpointer has work at a batch's start only after a save or a restore, the
-        optimizer modes only after validation or a save: at every other step the hook is not
-        callable, and Lightning does not dispatch it."""
-        if self.checkpointer.batch_start_due or self.recorder.modes.train_due:
-            self.__dict__.pop("on_train_batch_start", None)
-        else:
-            self.on_train_batch_start = None
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.recorder.on_before_optimizer_step(trainer, pl_module, optimizer)
@@ -77,17 +74,24 @@ class _StageCallback:
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.recorder.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.checkpointer.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self._batch_start_when_due()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.checkpointer.on_train_epoch_end(trainer, pl_module)
-        self._batch_start_when_due()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.recorder.on_train_end(trainer, pl_module)
 
 
-def stage_callback(flavor: ModuleType, recorder: Any, checkpointer: Any) -> Any:
-    """A :class:`_StageCallback` that is a ``Callback`` of the given Lightning flavor."""
-    cls = type("Checkpointer", (_StageCallback, flavor.Callback), {"__module__": __name__})
-    return cls(recorder, checkpointer)
+@functools.cache
+def callback_class(flavor: ModuleType) -> type:
+    """:class:`StageHooks` as a ``Callback`` of the given Lightning package."""
+
+    class StageCallback(StageHooks, flavor.Callback):
+        """The stage's hooks, as a callback of this Lightning package."""
+
+    return StageCallback
+
+
+def stage_callback(flavor: ModuleType, recorder: StepRecorder, checkpointer: Checkpointer, config: OptimizerConfig,
+                   assignment: list[Assignment], tracker: Any = None) -> Any:
+    return callback_class(flavor)(recorder, checkpointer, config, assignment, tracker)

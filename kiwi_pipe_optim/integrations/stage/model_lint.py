@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 
-from ..config import OptimizerConfig
-from ..errors import Finding, show
+from ...config import OptimizerConfig
+from ...errors import Finding, show
 
 _LOGGED = re.compile(r"""\.log\(\s*["']([^"']+)["']""")
 _LOGGED_DICT_KEY = re.compile(r"""["']([A-Za-z_][\w/.-]*)["']\s*:""")

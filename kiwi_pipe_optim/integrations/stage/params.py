@@ -12,9 +12,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import OptimizerConfig
-from ..errors import ConfigError, Problem, show
-from ..params_file import find_section, missing_section, problems_from, read_params
+from ...config import OptimizerConfig
+from ...errors import ConfigError, Problem, show
+from ...params_file import find_section, missing_section, problems_from, read_params
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[:.][A-Za-z_][\w]*$")
 STAGE_SECTIONS = ("data", "model", "trainer", "optimizer", "mlflow", "checkpoint", "plots")
@@ -135,6 +135,7 @@ class StageParams(ParamsFile):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    lines: dict[str, int] = Field(default_factory=dict, exclude=True)  # dotted key: its line in the file
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
@@ -182,7 +183,7 @@ def load_stage_params(path: str | Path = "params.yaml", optimizer_section: str =
     if problems:
         raise ConfigError(problems).with_source(str(path), lines)
     groups = {*STAGE_SECTIONS, optimizer_section.split(".")[0]}
-    return StageParams(**parsed, raw={k: data[k] for k in data if k in groups})
+    return StageParams(**parsed, raw={k: data[k] for k in data if k in groups}, lines=lines)
 
 
 def params_schema() -> dict[str, Any]:

@@ -12,7 +12,7 @@ What keeps "nothing lost, nothing twice":
 * The pipe's write end closes when the training process dies, kill -9 included (and the
   sender sees itself re-parented, for the forked data-loader workers that keep a copy of the
   pipe open a few seconds longer): it then sends what is journaled and exits.
-* It holds ``<journal>.lock`` until it exits. A resumed stage takes that lock before it cuts
+* It holds ``<journal>.lock`` (:func:`.journal.journal_lock`) until it exits. A resumed stage takes that lock before it cuts
   the journal back to its checkpoint, so no sender of a killed process sends past the cut.
 
 Exit status: 0 when MLflow holds the whole journal, :data:`SERVER_DOWN` when a tracking server
@@ -31,13 +31,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from ...logs import log_to_stderr
 from .journal import Journal
-from .mlflow import SERVER_DOWN_STATUS as SERVER_DOWN
-from .mlflow import MetricSender
-from .store import is_remote
+from .transport import SERVER_DOWN_STATUS as SERVER_DOWN
+from .transport import MetricSender
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -56,7 +55,7 @@ class Sender:
             skip_file.write_text(json.dumps(sorted(skip)))
         read, self._wake = os.pipe()
         # This very copy of the package, not one that the working directory may hold.
-        package_root = str(Path(__file__).resolve().parents[2])
+        package_root = str(Path(__file__).resolve().parents[3])
         start = f"import runpy, sys; sys.path.insert(0, {package_root!r}); runpy.run_module({__name__!r}, " \
                 f"run_name='__main__', alter_sys=True)"
         command = [sys.executable, "-c", start, "--journal", str(journal.path.resolve()), "--uri", uri,
@@ -90,46 +89,6 @@ class Sender:
         return self.process.wait()
 
 
-def lock_journal(journal: Journal, timeout_s: float = 600.0) -> int:
-    """Take ``<journal>.lock`` (the fd holding it), waiting for the sender of an interrupted run
-    to finish sending; the lock passes to this run's sender with the fd.
-
-    Raises:
-        TimeoutError: it was still held after ``timeout_s``.
-    """
-    import fcntl
-
-    path = journal.path.with_name(journal.path.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout_s
-    said = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise TimeoutError(f"'{path}' is still held by the MLflow sender of an earlier run") from None
-            if not said:
-                logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled")
-                said = True
-            time.sleep(0.05)
-
-
-def _send_all(sending: MetricSender) -> bool:
-    """Send the journal past its marker; False when a tracking server did not answer."""
-    try:
-        sending.send_metrics()
-    except Exception as e:
-        if not is_remote(sending.uri):
-            raise
-        sending.server_down(e)
-        return False
-    sending.server_back()
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Send a stage's journal to MLflow as it grows.")
     parser.add_argument("--journal", required=True)
@@ -143,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(10)  # where it shares a core with training (torch's threads), training goes first
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kiwi-pipe-optim: %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    log_to_stderr()
     skip = {(k, s) for k, s in json.loads(Path(args.skip).read_text())} if args.skip else set()
     sending = MetricSender(args.uri, args.run_id, Journal(args.journal), skip)
     stopping = False
@@ -158,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 stopping = True  # the training process closed the pipe, or died
             if os.getppid() != args.parent:
                 stopping = True
-        ok = _send_all(sending)
+        ok = sending.send_all()
         if stopping:
             return 0 if ok else SERVER_DOWN
 

@@ -1,0 +1,87 @@
+"""The checks of what Lightning and the files must accept, for :mod:`.prepare`: the Trainer's
+arguments (and the Trainer itself), the kernels under mixed precision, the files the params name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from ...errors import ConfigError, Problem, did_you_mean
+from ...state import read_state
+from .. import lightning as kl
+from .params import StageParams
+
+
+def check_files(params: StageParams) -> None:
+    """The files the params name, read as the run will read them."""
+    if params.optimizer.load is not None:
+        read_state(params.optimizer.load)  # refuses a file that would run code
+
+
+def check_trainer_keys(flavor: Any, params: StageParams) -> None:
+    """Every ``trainer:`` key an argument of this flavor's Trainer."""
+    accepted = inspect.signature(flavor.Trainer.__init__).parameters
+    unknown = [k for k in params.trainer.trainer_kwargs() if k not in accepted]
+    if unknown:
+        raise ConfigError([
+            Problem(f"trainer.{k}", f"not an argument of {flavor.__name__}.Trainer{did_you_mean(k, accepted)}")
+            for k in unknown
+        ])
+
+
+def trainer_kwargs(params: StageParams) -> dict[str, Any]:
+    """The Trainer's arguments from ``trainer:``, with the stage's own settings; its logger and
+    callback join the Trainer once an MLflow run exists."""
+    return {"deterministic": True, **params.trainer.trainer_kwargs(), "logger": False, "enable_checkpointing": False,
+            "callbacks": []}
+
+
+def check_kernels(params: StageParams) -> None:
+    """``implementation: fused`` with clipping under mixed precision, refused before DVC deletes
+    anything (``auto`` picks foreach there instead: :func:`.lightning.configure_optimizers`)."""
+    if params.optimizer.implementation == "fused" and kl.clips_under_mixed_precision(params.trainer.trainer_kwargs()):
+        raise ConfigError(Problem("optimizer.implementation", "fused with trainer.gradient_clip_val under "
+                                  f"trainer.precision {params.trainer.trainer_kwargs()['precision']!s}: Lightning "
+                                  "does not clip the gradients of a fused optimizer under mixed precision; use "
+                                  "implementation: auto (foreach there) or foreach, or remove gradient_clip_val"))
+
+
+def check_trainer(flavor: Any, params: StageParams) -> Any:
+    """The run's Trainer, built before any MLflow run exists, so that its refusals
+    (``devices: -1``, ``precision: bogus``) stop the stage with the key named.
+
+    Raises:
+        ConfigError: ``trainer.<key>: <value> is refused by Lightning: <its message>``.
+    """
+    kwargs = trainer_kwargs(params)
+    given = params.trainer.trainer_kwargs()
+    quiet = logging.getLogger(flavor.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its banner (GPU available, ...) once per probe would be noise
+    try:
+        trainer = _built(flavor, kwargs)
+        if not isinstance(trainer, str):
+            return trainer
+        base = {k: v for k, v in kwargs.items() if k not in given}
+        refused = {key: _refusal(flavor, {**base, key: given[key]}) for key in given}
+    finally:
+        quiet.setLevel(level)
+    problems = [Problem(f"trainer.{key}", f"{given[key]!r} is refused by Lightning: {message}")
+                for key, message in refused.items() if message is not None]
+    raise ConfigError(problems or [Problem("trainer", f"Lightning refused these arguments together: "
+                                                      f"{_refusal(flavor, kwargs)}")])
+
+
+def _built(flavor: Any, kwargs: dict[str, Any]) -> Any:
+    """The Trainer, or Lightning's refusal of these arguments (its first line)."""
+    try:
+        return flavor.Trainer(**kwargs)
+    except Exception as e:  # MisconfigurationException, ValueError, TypeError, ...
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _refusal(flavor: Any, kwargs: dict[str, Any]) -> str | None:
+    refused = _built(flavor, kwargs)
+    return refused if isinstance(refused, str) else None
