@@ -88,7 +88,24 @@ def write_csv(path: str | Path, result: Curves, max_points: int = 5000) -> Path:
     return Path(path)
 
 
-def write_unknown_csv(csv_path: str | Path, reason: str) -> None:
+def write_group_csvs(directory: str | Path, result: Curves, max_points: int = 5000) -> Path:
+    """One ``step,lr`` file per group, as the stage writes the logged LR (``plots/lr``): DVC
+    draws every file of a plots directory, so each group is a curve whatever the groups are
+    called. Files of groups the params no longer form are removed."""
+    directory = Path(directory)
+    index = sample_steps(result.steps, max_points, result.key_steps)
+    steps = index.tolist()
+    wanted = {f"{group}.csv" for group in result.lrs}
+    for group, lrs in result.lrs.items():
+        rows = "".join(f"{step},{lr!r}\n" for step, lr in zip(steps, lrs[index].tolist()))
+        write_atomically(directory / f"{group}.csv", "step,lr\n" + rows)
+    for stale in directory.glob("*.csv"):
+        if stale.name not in wanted:
+            stale.unlink()
+    return directory
+
+
+def write_unknown_csv(csv_path: str | Path, reason: str, header: str = "step") -> None:
     """The CSV for a run whose step count only training will tell: the header alone, so that DVC
     finds the output it expects and the pipeline goes on (``reason`` is said elsewhere)."""
-    write_atomically(csv_path, "step\n")
+    write_atomically(csv_path, header + "\n")

@@ -1,17 +1,8 @@
-"""DVC stage `train`: read params.yaml, train, log to MLflow, write metrics.json and plots/."""
+"""DVC stage `train` of this repository: what `kiwi-optim train` runs, as a script."""
 
-import logging
-import os
 import sys
 
-from kiwi_pipe_optim.integrations.stage import main
+from kiwi_pipe_optim.cli import main
 
 if __name__ == "__main__":
-    code = main()
-    # The outputs and the MLflow run are final here. Python's teardown of torch, Lightning and
-    # MLflow takes seconds, and a kill -9 during it would make DVC see a failed stage and train
-    # again: leave without it.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -16,8 +16,9 @@ from typing import Sequence
 
 from ..config import SECTION
 from ..errors import ConfigError
+from ..extras import MissingExtra
 from ..params_file import read_params
-from . import check, preview, runs
+from . import check, init, preview, runs, train, ui
 from .check import EXIT_INVALID
 
 SECTION_OPTION = {"default": SECTION, "help": "where the optimizer section is, dotted: OpenKiwi's files keep it at "
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     previewing.add_argument("params", nargs="?", default="params.yaml")
     previewing.add_argument("--section", **SECTION_OPTION)
     previewing.add_argument("--csv", help="write step + one LR column per group here")
+    previewing.add_argument("--plots-dir", help="write one step,lr file per group here, as DVC plots draw them")
     previewing.add_argument("--png", help="write a plot here")
     previewing.add_argument("--training-steps", type=int, help="the run's optimizer steps (default: from the params)")
     previewing.add_argument("--train-size", type=int, help="training examples (default: asked from the data class)")
@@ -70,14 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     spool.add_argument("--tracking-uri", help="default: the server the run was logging to")
     spool.set_defaults(run=runs.send_spool)
 
+    init.register(sub)
+    train.register(sub)
+    ui.register(sub)
+
     listing = sub.add_parser("list", help="list the optimizers and schedules")
     listing.set_defaults(run=check.listing)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the stage's own parser reads the rest, --help included
+        return train.run(argv[1:])
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:
         return args.run(args)
     except ConfigError as e:
@@ -86,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 e = e.with_source(args.params, read_params(args.params)[1])
         print(str(e), file=sys.stderr)
         return EXIT_INVALID
+    except MissingExtra as e:
+        print(f"kiwi-optim {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

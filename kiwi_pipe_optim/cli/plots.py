@@ -9,19 +9,31 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..files import write_atomically
 
+LOG_AXIS_SPAN = 10.0  # curves whose peaks are a decade or more apart share a log axis
+
 
 def lr_chart(path: str | Path, lines: Iterable[tuple[str, Sequence[float], Sequence[float]]], title: str,
              size: tuple[float, float] = (8, 4.5), legend_size: Any = None,
              marks: Callable[[Any], None] | None = None) -> Path:
     """One line per ``(label, steps, lrs)``; ``marks(ax)`` adds what a chart points out."""
+    from ..extras import require_module
+
+    require_module("matplotlib", "stage", "a chart")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=size, dpi=100)
+    peaks: list[float] = []
     for label, steps, lrs in lines:
         ax.plot(steps, lrs, label=label)
+        peaks.append(max((float(v) for v in lrs), default=0.0))
+    peaks = [p for p in peaks if p > 0]
+    if peaks and max(peaks) >= LOG_AXIS_SPAN * min(peaks):
+        ax.set_yscale("log")  # one curve peaking at 1.0 would flatten one at 1e-3 on a linear axis
+    else:
+        ax.margins(y=0.1)  # a constant LR drawn inside the frame, not on it
     if marks is not None:
         marks(ax)
     ax.set_xlabel("optimizer step")

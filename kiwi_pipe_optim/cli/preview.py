@@ -4,6 +4,7 @@ with its LR and its parameters, from the params alone, without training."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError, Problem
@@ -13,7 +14,7 @@ from .check import EXIT_INVALID, print_findings
 
 def preview(args: argparse.Namespace) -> int:
     from ..lint import lint, resolve_errors
-    from ..preview import curves, write_csv, write_unknown_csv
+    from ..preview import curves, write_csv, write_group_csvs, write_unknown_csv
 
     params = None
     if args.training_steps is not None:
@@ -32,6 +33,8 @@ def preview(args: argparse.Namespace) -> int:
     if steps is None:
         if args.csv:
             write_unknown_csv(args.csv, how)
+        if args.plots_dir:
+            write_unknown_csv(Path(args.plots_dir) / "unknown.csv", how, header="step,lr")
         if args.png:
             from .plots import unknown_chart
 
@@ -63,6 +66,8 @@ def preview(args: argparse.Namespace) -> int:
     _describe(result, steps, how)
     if args.csv:
         print(f"wrote {write_csv(args.csv, result, args.max_points)}")
+    if args.plots_dir:
+        print(f"wrote {write_group_csvs(args.plots_dir, result, args.max_points)}/<group>.csv")
     if args.png:
         from .plots import preview_chart
 
@@ -87,6 +92,9 @@ def _describe(result: object, steps: int, how: str) -> None:
 
 
 def groups(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("stage", "kiwi-optim groups")
     from rich.console import Console
     from rich.table import Table
 

@@ -8,6 +8,10 @@ from typing import Any, Sequence
 
 
 def compare(args: argparse.Namespace) -> int:
+    from ..extras import require, require_module
+
+    require("mlflow", "kiwi-optim compare")
+    require_module("rich", "stage", "kiwi-optim compare")
     from mlflow.tracking import MlflowClient
     from rich.console import Console
 
@@ -37,8 +41,10 @@ def table(summaries: Sequence[Any]) -> Any:
     groups = sorted({g for s in summaries for g in s.lr})
     metrics = [m for m in FINAL_METRICS if any(m in s.final for s in summaries)]
     t = Table(title="runs compared", show_lines=False)
-    for column in ["run", "status", *params, *metrics, *[f"lr/{g} peak / final" for g in groups]]:
-        t.add_column(column, overflow="fold")
+    # a narrow terminal folds the run names; every other cell is a value and is never cut
+    t.add_column("run", overflow="fold", min_width=8)
+    for column in ["status", *params, *metrics, *[f"lr/{g} peak / final" for g in groups]]:
+        t.add_column(column, no_wrap=True)
     for s in summaries:
         t.add_row(
             s.name, s.status, *[s.params.get(p, "") for p in params],

@@ -21,7 +21,7 @@ from tests.e2e.conftest import sh
 
 pytestmark = pytest.mark.e2e
 
-OUTPUTS = ["metrics.json", "plots/loss.csv", "plots/lr/default.csv", "plots/lr/encoder.csv", "plots/schedule.csv",
+OUTPUTS = ["metrics.json", "plots/loss.csv", "plots/lr/default.csv", "plots/lr/encoder.csv", "plots/schedule/default.csv",
            "plots/schedule.png"]
 # group: (section, sub-mapping, key, bad value, the dotted key the message names)
 MISTAKES = {

@@ -74,6 +74,8 @@ def test_repro_params_tags_and_artifact(repo):
     head = sh(["git", "rev-parse", "HEAD"], path).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head
     assert len(tags["params.sha256"]) == 64
+    assert tags["mlflow.source.name"] == "kiwi-optim train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"]
     for key in ("version.torch", "version.lightning", "version.mlflow", "version.kiwi_pipe_optim"):
         assert tags[key] and tags[key] != "not installed"
     text = (path / "mlartifacts").rglob("optimizer.yaml")
@@ -87,6 +89,13 @@ def test_repro_writes_outputs_and_second_repro_does_nothing(repo):
         assert lr_csv[0] == "step,lr" and len(lr_csv) == 11
     assert (path / "plots" / "loss.csv").read_text().splitlines()[0] == "step,train_loss"
     assert "didn't change, skipping" in repo["second"].stdout
+
+
+def test_a_default_repro_prints_none_of_the_libraries_noise(repo):
+    said = repo["first"].stdout + repo["first"].stderr
+    assert "Running stage 'train'" in said
+    for noise in ("litlogger", "LeafSpec", "Creating initial MLflow database tables", "Updating database tables"):
+        assert noise not in said, noise
     assert len(runs(path)) == len(repo["after_first"]) == 1
 
 
@@ -147,7 +156,7 @@ def test_plots_diff_overlays_two_experiments(repo, tmp_path):
     sh(["dvc", "plots", "diff", *names, "-o", str(out)], path)
     html = (out / "index.html").read_text()
     assert all(name in html for name in names)
-    assert "plots/lr/default.csv" in html and "plots/lr/encoder.csv" in html and "plots/schedule.csv" in html
+    assert "plots/lr/default.csv" in html and "plots/lr/encoder.csv" in html and "plots/schedule/encoder.csv" in html
 
 
 def test_muon_with_wsd_trains_in_the_stage(repo, tmp_path):

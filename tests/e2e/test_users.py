@@ -1,10 +1,10 @@
 """What users bring, through the pipeline's ``schedule`` and ``train``: Lightning's own demo
-classes, a module and data module written against ``pytorch_lightning`` that take no
-``batch_size`` argument, and a reduce-on-plateau experiment.
+classes, and a reduce-on-plateau experiment.
 
-The last two go through DVC (``dvc repro``, ``dvc exp run``), each stage in its own interpreter,
-where only ``pytorch_lightning`` is imported; the demo classes run the stages' own commands in
-this process, what they prove being the planned curve against the one trained.
+The plateau goes through DVC (``dvc exp run``); the demo classes run the stages' own commands in
+this process, what they prove being the planned curve against the one trained. A project of the
+user's own, written against ``pytorch_lightning`` with no ``batch_size`` argument, goes through
+``kiwi-optim init`` and DVC in ``test_installed.py``.
 """
 
 import json
@@ -16,50 +16,6 @@ from mlflow.tracking import MlflowClient
 from tests.e2e.conftest import kiwi_optim_in_process, sh, stage_in_process
 
 pytestmark = pytest.mark.e2e
-
-USER_PROJECT = '''
-import pytorch_lightning as pl
-import torch
-from sklearn.datasets import load_digits
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-SETTINGS = {"batch": 50, "examples": 300}  # the batch size lives in the project's own settings
-
-
-class Digits(pl.LightningDataModule):
-    def setup(self, stage):
-        x, y = load_digits(return_X_y=True)
-        n = SETTINGS["examples"]
-        self.train = TensorDataset(torch.tensor(x[:n], dtype=torch.float32) / 16, torch.tensor(y[:n]))
-        self.val = TensorDataset(torch.tensor(x[n:n + 100], dtype=torch.float32) / 16, torch.tensor(y[n:n + 100]))
-
-    def train_dataloader(self):
-        return DataLoader(self.train, batch_size=SETTINGS["batch"], shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(self.val, batch_size=100)
-
-
-class Classifier(pl.LightningModule):
-    def __init__(self, hidden: int = 32):
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(64, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(x))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-'''
 
 
 def only_run(repo):
@@ -93,25 +49,9 @@ def test_lightnings_boring_model_and_data_module_planned_and_trained(repo_factor
     assert run.info.status == "FINISHED" and run.data.params["resolved.schedule"] == "cosine"
     logged = history(client, run, "lr/default")
     assert [s for s, _ in logged] == list(range(steps))
-    planned = (repo / "plots" / "schedule.csv").read_text().splitlines()
+    planned = (repo / "plots" / "schedule" / "default.csv").read_text().splitlines()
     assert planned[0] == "step,default" and len(planned) == steps + 1
     assert [float(line.split(",")[1]) for line in planned[1:]] == pytest.approx([v for _, v in logged], rel=1e-12)
-
-
-def test_a_pytorch_lightning_project_without_batch_size_through_dvc_repro(repo_factory):
-    repo = repo_factory({
-        "data": {"class_path": "user_project:Digits"},
-        "model": {"class_path": "user_project:Classifier", "init_args": {"hidden": 16}},
-    })
-    (repo / "user_project.py").write_text(USER_PROJECT)
-    sh(["git", "add", "user_project.py"], repo)
-    sh(["git", "commit", "-qm", "user project"], repo)
-    result = sh(["dvc", "repro"], repo)
-    assert "schedule: linear, 12 optimizer steps (300 examples, batch 50" in result.stdout
-    client, run = only_run(repo)
-    assert run.info.status == "FINISHED" and run.data.tags["kiwi.lightning_flavor"] == "pytorch_lightning"
-    for group in ("encoder", "default"):
-        assert [s for s, _ in history(client, run, f"lr/{group}")] == list(range(12)), group
 
 
 def test_a_plateau_experiment_through_dvc_exp_run(repo_factory):
@@ -120,7 +60,7 @@ def test_a_plateau_experiment_through_dvc_exp_run(repo_factory):
         "-S", "+optimizer.learning_rate_decay=0.5", "-S", "+optimizer.learning_rate_decay_start=0"], repo)
     client, run = only_run(repo)
     assert run.info.status == "FINISHED" and run.data.params["resolved.schedule"] == "plateau"
-    assert "the LR follows val_loss" not in (repo / "plots" / "schedule.csv").read_text()  # a CSV, not a note
+    assert "the LR follows val_loss" not in (repo / "plots" / "schedule" / "default.csv").read_text()  # a CSV, not a note
     val_loss = history(client, run, "val_loss")
     lr = dict(history(client, run, "lr/default"))
     steps_per_epoch = len(lr) // len(val_loss)

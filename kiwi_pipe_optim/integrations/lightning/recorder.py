@@ -17,6 +17,7 @@ from ...param_groups import group_names, lr_group
 from .contracts import RowLogger, StepAwareLogger
 from .flavor import run_step_count
 from .modes import OptimizerModes
+from .named import named
 
 
 class StepRecorder:
@@ -229,12 +230,14 @@ def _sink(logger: Any) -> Callable[[tuple[str, ...], list[Any], int], None]:
 
 @functools.cache
 def monitor_class(flavor: ModuleType) -> type:
-    """:class:`StepRecorder` as a ``Callback`` of the given Lightning package."""
+    """:class:`StepRecorder` as a ``Callback`` of the given Lightning package: ``KiwiLRMonitor``,
+    which LightningCLI names as ``kiwi_pipe_optim.integrations.lightning.KiwiLRMonitor`` (or
+    ``kiwi_pipe_optim.integrations.pytorch_lightning.KiwiLRMonitor``)."""
 
-    class LRLossMonitor(StepRecorder, flavor.Callback):
-        """The LR and loss observer, as a callback of this Lightning package."""
+    class KiwiLRMonitor(StepRecorder, flavor.Callback):
+        __doc__ = StepRecorder.__doc__
 
-    return LRLossMonitor
+    return named(KiwiLRMonitor, flavor, "KiwiLRMonitor")
 
 
 def step_recorder(flavor: ModuleType) -> Any:
@@ -244,5 +247,6 @@ def step_recorder(flavor: ModuleType) -> Any:
 
 def lr_monitor(flavor: str = "lightning.pytorch") -> Any:
     """The LR and loss observer for a plain ``Trainer`` (``callbacks=[lr_monitor()]``), next to
-    :func:`kiwi_pipe_optim.integrations.logger.mlflow_logger` or any other logger."""
+    :func:`kiwi_pipe_optim.integrations.logger.mlflow_logger` or any other logger: a
+    ``KiwiLRMonitor``."""
     return step_recorder(importlib.import_module(flavor))

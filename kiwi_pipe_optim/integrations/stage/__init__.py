@@ -5,6 +5,10 @@ Example:
     >>> metrics = run("params.yaml")  # doctest: +SKIP
 """
 
-from .run import is_rank_zero, main, run
+from ...extras import require
+
+require("stage", "kiwi_pipe_optim.integrations.stage")
+
+from .run import is_rank_zero, main, run  # noqa: E402
 
 __all__ = ["is_rank_zero", "main", "run"]

@@ -27,6 +27,7 @@ from ...lint import report
 from ...logs import log_to_stderr
 from .. import lightning as kl
 from ..lightning.logger import kiwi_logger
+from ..lightning.quiet import quiet_lightning
 from ..tracking.journal import Journal, journal_lock, rewind
 from ..tracking.store import check_reachable, flatten, is_remote, repository_root, tracking_uri
 from .callback import stage_callback
@@ -61,6 +62,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
             (or, for step counts only the trainer knows, when it configures the optimizer);
             every line names the file, the line where known, and the dotted field.
     """
+    quiet_lightning()
     params = load_stage_params(params_path, section)
     try:
         metrics = _execute(params, Path(params_path), Path(out_dir))
@@ -263,9 +265,9 @@ def _fit(trainer: Any, prepared: Prepared, point: ResumePoint | None) -> None:
     trainer.fit(model, train_dataloaders=train, val_dataloaders=val, **resume)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python stages/train.py [--params params.yaml] [--out-dir .]``; exit 2 on bad params."""
-    parser = argparse.ArgumentParser(description="Train with the optimizer declared in params.yaml.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``kiwi-optim train [--params params.yaml] [--out-dir .]``; exit 2 on bad params."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train with the optimizer declared in params.yaml.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default=".")
     parser.add_argument("--section", default="optimizer", help="where the optimizer section is, dotted "

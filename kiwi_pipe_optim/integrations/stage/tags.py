@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from importlib import metadata
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -18,20 +16,13 @@ from ...config import OptimizerConfig
 from ...optimizers import implementation_of
 from ...param_groups import Assignment, table
 from ...resolve import ResolvedSchedule
+from ..tracking.run import source_tags
 
 
 def params_sha256(raw: Mapping[str, Any]) -> str:
     """A digest of the params' values, independent of the file's formatting and key order."""
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _git_commit(cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _version(dist: str) -> str:
@@ -42,8 +33,10 @@ def _version(dist: str) -> str:
 
 
 def run_tags(raw: Mapping[str, Any], flavor: ModuleType) -> dict[str, str]:
+    """MLflow's source tags (``kiwi-optim train`` or the stage's script, the user, the git
+    commit), the versions, and the DVC experiment, if any."""
     tags = {
-        "mlflow.source.name": "stages/train.py",
+        **source_tags(),
         "params.sha256": params_sha256(raw),
         "kiwi.lightning_flavor": flavor.__name__,
         "version.torch": _version("torch"),
@@ -51,9 +44,6 @@ def run_tags(raw: Mapping[str, Any], flavor: ModuleType) -> dict[str, str]:
         "version.mlflow": _version("mlflow"),
         "version.kiwi_pipe_optim": _version("kiwi-pipe-optim"),
     }
-    commit = _git_commit(Path.cwd())
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
                      ("DVC_STAGE", "dvc.stage")):
         if os.environ.get(env):

@@ -10,7 +10,11 @@ thread did not help (the GIL); the logger decides when the process pays for its 
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +29,60 @@ from .transport import MAX_PARAMS_PER_BATCH, SERVER_DOWN_STATUS, MetricSender, t
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+# MLflow's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT: a UI without the GenAI / Model training switch opens such an
+# experiment on its runs table; one with it (3.17) follows the switch alone, which `kiwi-optim ui` sets.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+CLI_NAME = "kiwi-optim"
+
+
+def source_name(argv: list[str] | None = None) -> str:
+    """What MLflow's "Source" column names: ``kiwi-optim <command>``, a script's path (relative to
+    the working directory when inside it, as ``stages/train.py``), ``python -m <package>``, or a
+    console script's name."""
+    argv = sys.argv if argv is None else argv
+    first = argv[0] if argv else ""
+    path = Path(first)
+    if path.name == CLI_NAME or path.parts[-3:] == ("kiwi_pipe_optim", "cli", "__main__.py"):
+        return " ".join([CLI_NAME, *argv[1:2]])
+    if first in ("", "-c"):
+        return "python"
+    if path.name == "__main__.py":
+        return f"python -m {path.parent.name}"
+    if path.suffix == ".py":
+        try:
+            return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            return path.name
+    return path.name
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError, ImportError):  # no login name and no passwd entry (containers)
+        return os.environ.get("USER") or "unknown"
+
+
+def source_tags(name: str | None = None) -> dict[str, str]:
+    """MLflow's own tags of where a run came from, which its UI shows as "Source" and "Created by"
+    and which MLflow's fluent API would set (we create runs through the client, which does not).
+    Resolved here rather than by MLflow's context registry, whose default names the script by its
+    absolute path and whose git lookup imports GitPython."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    tags = {MLFLOW_SOURCE_NAME: name or source_name(), MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: _user()}
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 class MlflowRun:
@@ -114,8 +171,9 @@ class MlflowRun:
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
-            if "mlflow.experimentKind" not in found.tags:
-                retrying(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:  # untagged, or marked GenAI (by hand, or an older UI's guess)
+                    retrying(self.client.set_experiment_tag, found.experiment_id, key, value)
             return found.experiment_id
         location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
         try:
@@ -204,6 +262,15 @@ class MlflowRun:
                            artifact_file, self.run_id)
 
         tolerating_down(self.uri, unstored, self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None:
+        """Store a file (a checkpoint, a config) under ``artifact_dir``; with the server gone, a
+        warning, as for a text artifact: the run's values matter more than a copy of a local file."""
+        def unstored(error: Exception) -> None:
+            logger.warning("could not store %s as an artifact of run %s: the MLflow server is unreachable",
+                           path, self.run_id)
+
+        tolerating_down(self.uri, unstored, self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
     def end(self, status: str) -> None:
         """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""

@@ -1,7 +1,7 @@
 """Where MLflow values go: the tracking URI, a client that retries sqlite's lock errors, and a
 check that a store or server answers before any training starts.
 
-Both the training process (:mod:`.mlflow`) and the sender process (:mod:`.sender`) open the
+Both the training process (:mod:`.run`) and the sender process (:mod:`.sender`) open the
 store through these, so a locked sqlite file or a server that is down reads the same in both.
 """
 
@@ -17,6 +17,30 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from ...errors import ConfigError, Problem
+from ...extras import require
+
+require("mlflow", "kiwi_pipe_optim.integrations.tracking")
+
+
+class _NoSchemaLines:
+    """MLflow announces at INFO level each creation or migration of a sqlite store's tables: a
+    store the stage opens for the user is set up silently (other MLflow lines still show)."""
+
+    LINES = ("Creating initial MLflow database tables", "Updating database tables")
+
+    def filter(self, record: object) -> bool:
+        return not str(getattr(record, "msg", "")).startswith(self.LINES)
+
+
+def _quiet_schema() -> None:
+    import logging
+
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoSchemaLines) for f in logger.filters):
+        logger.addFilter(_NoSchemaLines())
+
+
+_quiet_schema()
 
 DEFAULT_DB = "mlflow.db"
 MAX_PARAM_LENGTH = 6000
