@@ -30,6 +30,10 @@ from ..files import write_atomically
 EXAMPLE = {"model": "kiwi_pipe_optim.examples.digits:DigitsTransformer",
            "data": "kiwi_pipe_optim.examples.digits_data:DigitsDataModule"}
 CHECKED = ".kiwi-pipe-optim/checked.yaml"
+# DVC's linear template with the LR axis from zero and padded: its default ends the axis at the
+# extreme values, which puts a constant LR (or the peak) on the chart's frame, where it is hidden.
+LR_TEMPLATE = "kiwi-lr"
+UNPADDED, PADDED = '"scale": {"zero": false}', '"scale": {"zero": true, "padding": 20}'
 IGNORED = ["/.kiwi-pipe-optim/", "/mlflow.db", "/mlflow.db.lock", "/mlartifacts/"]
 DVC_IGNORED = ["__pycache__/", "*.pyc"]  # byte-code must not make the user's package look changed
 COMMENTS = {
@@ -63,11 +67,11 @@ def pipeline(packages: list[str], prefix: str = "") -> dict[str, Any]:
                   "params": [*groups, "checkpoint", "plots"], "outs": [_cached(CHECKED)]},
         "schedule": {"cmd": "kiwi-optim preview params.yaml --plots-dir plots/schedule --png plots/schedule.png",
                      "deps": [CHECKED, *packages], "params": groups,
-                     "plots": [{"plots/schedule": {"x": "step", "y": "lr", "cache": False}},
+                     "plots": [{"plots/schedule": {"x": "step", "y": "lr", "template": LR_TEMPLATE, "cache": False}},
                                _cached("plots/schedule.png")]},
         "train": {"cmd": "kiwi-optim train", "deps": [CHECKED, *packages],
                   "params": [*groups, "mlflow", "checkpoint", "plots"], "metrics": [_cached("metrics.json")],
-                  "plots": [{"plots/lr": {"x": "step", "y": "lr", "cache": False}},
+                  "plots": [{"plots/lr": {"x": "step", "y": "lr", "template": LR_TEMPLATE, "cache": False}},
                             {"plots/loss.csv": {"x": "step", "y": "train_loss", "cache": False}}]},
     }
     for stage in stages.values():
@@ -254,14 +258,26 @@ def _git_root() -> Path:
     return Path(out.stdout.strip()).resolve()
 
 
-def _dvc_init(root: Path, report: list[str]) -> None:
+def _dvc(root: Path, *args: str) -> str:
     dvc = shutil.which("dvc")
     command = [dvc] if dvc else [sys.executable, "-m", "dvc"]
-    out = subprocess.run([*command, "init", "-q"], cwd=root, capture_output=True, text=True, check=False)
+    out = subprocess.run([*command, *args], cwd=root, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         lines = (out.stderr or out.stdout).strip().splitlines()
-        raise _fail(f"dvc init failed: {lines[-1] if lines else out.returncode}")
-    report.append(".dvc/: dvc init")
+        raise _fail(f"dvc {' '.join(args)} failed: {lines[-1] if lines else out.returncode}")
+    return out.stdout
+
+
+def _lr_template(root: Path, report: list[str]) -> None:
+    """``.dvc/plots/kiwi-lr.json``, made from the installed DVC's own linear template."""
+    path = root / ".dvc" / "plots" / f"{LR_TEMPLATE}.json"
+    if path.exists():
+        return
+    text = _dvc(root, "plots", "templates", "linear")
+    if UNPADDED not in text:
+        raise _fail(f"DVC's linear template has changed; copy it to {path} by hand")
+    write_atomically(path, text.replace(UNPADDED, PADDED))
+    report.append(f".dvc/plots/{LR_TEMPLATE}.json: the LR charts' template (axis from zero, padded)")
 
 
 def init_repository(args: argparse.Namespace) -> int:
@@ -291,7 +307,9 @@ def init_repository(args: argparse.Namespace) -> int:
                                            "look changed", report),
     }
     if not (root / ".dvc").is_dir():
-        _dvc_init(root, report)
+        _dvc(root, "init", "-q")
+        report.append(".dvc/: dvc init")
+    _lr_template(root, report)
     for path, text in writes.items():
         if text is not None:
             write_atomically(path, text)

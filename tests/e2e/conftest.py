@@ -20,7 +20,8 @@ import yaml
 
 from tests.conftest import BIN, ROOT
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+                 ".dvc/plots/kiwi-lr.json"]
 PROJECT_DIRS = ["stages", "kiwi_pipe_optim"]
 
 # Small enough to train in seconds: 320 training images, batches of 64, 2 epochs = 10 steps.
