@@ -49,7 +49,7 @@ def test_lightnings_boring_model_and_data_module_planned_and_trained(repo_factor
     assert run.info.status == "FINISHED" and run.data.params["resolved.schedule"] == "cosine"
     logged = history(client, run, "lr/default")
     assert [s for s, _ in logged] == list(range(steps))
-    planned = (repo / "plots" / "schedule" / "default.csv").read_text().splitlines()
+    planned = (repo / "plots" / "schedule.csv").read_text().splitlines()
     assert planned[0] == "step,default" and len(planned) == steps + 1
     assert [float(line.split(",")[1]) for line in planned[1:]] == pytest.approx([v for _, v in logged], rel=1e-12)
 

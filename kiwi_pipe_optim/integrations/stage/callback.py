@@ -10,6 +10,7 @@ In the checkpoint the state is the checkpointer's, with the recorder's under ``r
 from __future__ import annotations
 
 import functools
+import math
 from types import ModuleType
 from typing import Any
 
@@ -17,6 +18,7 @@ from ...config import OptimizerConfig
 from ...param_groups import Assignment
 from ..lightning import StepRecorder, resolved_schedule
 from .checkpoint import Checkpointer
+from .preemption import Preempted, StopRequest
 from .tags import log_resolved
 
 
@@ -35,6 +37,8 @@ class StageHooks:
         self.config = config
         self.assignment = assignment
         self.tracker = tracker
+        self.stop = StopRequest()
+        self._stop_at: int | None = None  # the step saved for a stop, ended at the next batch's start
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.checkpointer.state_dict(), "recorder": self.recorder.state_dict()}
@@ -60,10 +64,14 @@ class StageHooks:
             log_resolved(self.tracker, self.config, self.assignment, resolved, optimizers)
         self.recorder.on_train_start(trainer, pl_module)
         self.checkpointer.on_train_start(trainer, pl_module)
+        if trainer.world_size == 1:  # after Lightning's own handlers are in place (see .preemption)
+            self.stop.install()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.recorder.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        self.checkpointer.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.checkpointer.on_train_batch_start(trainer, pl_module, batch, batch_idx)  # journals the step's values
+        if self._stop_at is not None:
+            raise Preempted(self.stop.signum or 0, self._stop_at)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self.recorder.on_validation_start(trainer, pl_module)
@@ -74,12 +82,33 @@ class StageHooks:
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.recorder.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.checkpointer.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.stop.signum is not None:
+            last = batch_idx + 1 >= trainer.num_training_batches
+            if not last and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:  # else: at the next boundary
+                self._stop(trainer, batch_idx + 1)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.checkpointer.on_train_epoch_end(trainer, pl_module)
+        if self.stop.signum is not None and trainer.current_epoch + 1 != trainer.max_epochs:
+            self._stop(trainer, math.inf)
+
+    def _stop(self, trainer: Any, consumed: float) -> None:
+        """Save this step (unless just saved); the fit ends at the next batch's start, once
+        Lightning has logged what the module logged for this step (a run at its last step
+        finishes instead)."""
+        last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        if self._stop_at is not None or last_step:
+            return
+        if self.checkpointer.saved_step != trainer.global_step:
+            self.checkpointer.save(trainer, consumed)
+        self._stop_at = trainer.global_step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.stop.restore()
         self.recorder.on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.stop.restore()
 
 
 @functools.cache

@@ -316,6 +316,14 @@ class Checkpointer:
             self._due = False
             self._save(trainer, math.inf)
 
+    @property
+    def saved_step(self) -> int:
+        return self._saved_step
+
+    def save(self, trainer: Any, consumed: float) -> None:
+        """Save now (a preempted run's last step), as a periodic save would."""
+        self._save(trainer, consumed)
+
     def _save(self, trainer: Any, consumed: float) -> None:
         loader = trainer.train_dataloader
         if isinstance(loader, ConsumptionAware):

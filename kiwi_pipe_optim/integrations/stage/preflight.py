@@ -20,6 +20,27 @@ def check_files(params: StageParams) -> None:
         read_state(params.optimizer.load)  # refuses a file that would run code
 
 
+MAX_RUN_STEPS = 10**12  # a millennium at 30 steps a second: a typo in an exponent, not a run
+
+
+def check_step_count(params: StageParams, steps: int | None) -> None:
+    """A run that would train nothing, or that no machine finishes (Lightning would start it, and
+    an MLflow run with it), is a params mistake found before either exists."""
+    if steps is None:
+        return
+    kwargs = params.trainer.trainer_kwargs()
+    if steps <= 0:
+        limit = kwargs.get("limit_train_batches")
+        field, value = ("limit_train_batches", limit) if limit is not None else ("max_steps", kwargs.get("max_steps"))
+        raise ConfigError(Problem(f"trainer.{field}", f"{value!r} gives 0 optimizer steps: the run would train "
+                                  f"nothing; train at least one batch"))
+    if steps > MAX_RUN_STEPS:
+        field = "max_steps" if kwargs.get("max_steps") not in (None, -1) and kwargs.get("max_steps") == steps \
+            else "max_epochs"
+        raise ConfigError(Problem(f"trainer.{field}", f"{kwargs.get(field)!r} gives {steps:.3g} optimizer steps, "
+                                  f"which no run finishes; at most {MAX_RUN_STEPS:.0e}"))
+
+
 def check_trainer_keys(flavor: Any, params: StageParams) -> None:
     """Every ``trainer:`` key an argument of this flavor's Trainer."""
     accepted = inspect.signature(flavor.Trainer.__init__).parameters

@@ -23,7 +23,7 @@ from .checkpoint import CHECKPOINT_FILE, ResumePoint, check_same_params, read_re
 from .classes import check_init_args, import_class, instantiate, model_on_meta
 from .model_lint import lint_model
 from .params import StageParams, load_stage_params
-from .preflight import check_files, check_kernels, check_trainer, check_trainer_keys
+from .preflight import check_files, check_kernels, check_step_count, check_trainer, check_trainer_keys
 from .steps import run_steps_from_params
 
 
@@ -60,6 +60,7 @@ def prepare(params: StageParams, out_dir: Path, for_training: bool = True) -> Pr
     model = (instantiate(model_cls, params.model, "model") if for_training
              else model_on_meta(model_cls, params.model))
     steps, _ = run_steps_from_params(params, data=data)
+    check_step_count(params, steps)
     plan = plan_for(params.optimizer, model, steps)  # a rule that matches nothing, a schedule that cannot resolve
     if not for_training:
         build_optimizer(params.optimizer.model_copy(update={"implementation": "loop"}), model, plan.assignment)

@@ -34,6 +34,7 @@ from .callback import stage_callback
 from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, restore_loader, run_defining
 from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams, load_stage_params
+from .preemption import Preempted
 from .prepare import Prepared, prepare
 from .shown import already_shown
 from .tags import params_sha256, run_tags
@@ -279,9 +280,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return int(e.code)
     except KeyboardInterrupt:
         print("interrupted; the MLflow run is marked KILLED and no output was written", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if type(e).__name__ != "SIGTERMException":  # Lightning's, where it stops the fit itself (DDP)
+            raise
+        print("stopped by SIGTERM; the MLflow run is marked KILLED: run again to resume from its last checkpoint",
+              file=sys.stderr)
+        return 143
     if is_rank_zero():
         print(json.dumps(metrics, sort_keys=True))
     return 0

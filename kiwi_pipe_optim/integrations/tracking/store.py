@@ -43,6 +43,7 @@ def _quiet_schema() -> None:
 _quiet_schema()
 
 DEFAULT_DB = "mlflow.db"
+STORE_LOCK_TIMEOUT_S = 120.0  # a store's first migration takes seconds
 MAX_PARAM_LENGTH = 6000
 
 
@@ -108,7 +109,8 @@ def client_for(uri: str) -> Any:
     from filelock import FileLock
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(db.with_name(db.name + ".lock")):
+    # bounded: a process that holds the lock for longer is stuck, and the run says so
+    with FileLock(db.with_name(db.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
         client = MlflowClient(tracking_uri=uri)
         retrying(client.search_experiments, max_results=1)
     return client
@@ -134,6 +136,10 @@ def check_reachable(uri: str, field: str, timeout: float = 5.0,
     Raises:
         ConfigError: naming ``field`` (where the URI came from), the URI and the reason.
     """
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_writable(db, field)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -147,6 +153,25 @@ def check_reachable(uri: str, field: str, timeout: float = 5.0,
         reason = getattr(e, "reason", None) or e
         raise ConfigError(Problem(field, f"cannot reach the MLflow server at {uri} ({reason}); start it (e.g. "
                                   f"`mlflow server --host 127.0.0.1 --port 5000`), {fix}")) from None
+
+
+def _check_writable(db: Path, field: str) -> None:
+    """A sqlite store the run can create and write: its directory made, a file written there.
+    Found late, a store it cannot write would wait on its lock or fail after the model is built."""
+    import tempfile
+
+    if db.exists() and not db.is_file():
+        raise ConfigError(Problem(field, f"'{db}' is not a file; give the path of an MLflow sqlite store"))
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as e:
+        raise ConfigError(Problem(field, f"cannot write the MLflow store '{db}' ({e.strerror or e}); give a "
+                                  f"store path this process can write")) from None
 
 
 def is_remote(uri: str) -> bool:
