@@ -31,7 +31,7 @@ def test_corpus_is_big_enough():
 def test_broken_params(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "mlflow.db"
-    if "tracking_uri:" not in path.read_text():  # else the file's own store is what is wrong
+    if b"tracking_uri:" not in path.read_bytes():  # else the file's own store is what is wrong
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     (tmp_path / "metrics.json").write_text('{"kept": true}\n')
     code = main(["--params", str(path), "--out-dir", str(tmp_path)])

@@ -85,3 +85,30 @@ def test_a_sender_that_dies_is_not_started_again_and_training_sends_the_rest(sql
     tracker.end("FINISHED")
     history = MlflowClient(uri).get_metric_history(tracker.run_id, "lr/default")
     assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(100)]
+
+
+def test_a_sender_that_stops_answering_is_not_waited_for_forever(sqlite_uri, monkeypatch):
+    """SIGSTOP: alive, sending nothing. The end of the run waits a bounded time, kills it, and
+    sends the rest itself; every value reaches the run once."""
+    import os
+    import signal
+
+    from kiwi_pipe_optim.integrations.tracking import sender
+
+    monkeypatch.setattr(sender, "STALLED_AFTER_S", 2.0)
+    monkeypatch.setattr(sender.Sender.stop, "__defaults__", (2.0,))
+    tracker = MlflowRun(sqlite_uri, "exp", "run", {})
+    log = kiwi_logger(L, tracker=tracker, flush_interval_s=0, sender="process")
+    for step in range(20):
+        log.log_metrics({"lr/default": float(step)}, step=step)
+    os.kill(tracker._sender.process.pid, signal.SIGSTOP)
+    for step in range(20, 40):
+        log.log_metrics({"lr/default": float(step)}, step=step)
+    started = time.monotonic()
+    log.finalize("success")
+    tracker.end("FINISHED")
+    assert time.monotonic() - started < 30
+    client = MlflowClient(sqlite_uri)
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(tracker.run_id, "lr/default")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(40)]

@@ -58,3 +58,35 @@ def test_missing_damaged_and_unreachable(tmp_path):
     assert result.stderr.startswith(f"{down}:1: uri: cannot reach the MLflow server at {uri} (")
     assert result.stderr.endswith("or give the server's URI with --tracking-uri\n")
     assert down.exists()
+
+
+def test_a_final_send_mlflow_refuses_fails_the_run_and_keeps_every_value(tmp_path, sqlite_uri, monkeypatch):
+    """The one fault made up here: MLflow refusing a batch (names it refuses are mapped before
+    they are journaled, so no logged value makes it refuse any more)."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient as Client
+
+    from kiwi_pipe_optim.integrations.tracking.run import TrackingError
+
+    run = MlflowRun(sqlite_uri, "kiwi-pipe-optim", "refused", {}, spool_dir=tmp_path / "spool")
+    run.journal.append_rows([(("lr/default",), [0.5], 1000, 0), (("lr/default",), [0.25], 2000, 1)])
+    real = Client.log_batch
+
+    def refuse(self, run_id, metrics=(), **kwargs):
+        if metrics:
+            raise MlflowException("Invalid value for metric", error_code="INVALID_PARAMETER_VALUE")
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(Client, "log_batch", refuse)
+    with pytest.raises(TrackingError, match="MLflow refused values of run .* the run is marked FAILED"):
+        run.end("FINISHED")
+    monkeypatch.setattr(Client, "log_batch", real)
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "FAILED"
+    assert run.journal.path.exists()  # nothing deleted
+    spool = tmp_path / "spool" / f"{run.run_id}.jsonl"
+    result = send(spool, "--tracking-uri", sqlite_uri)
+    assert result.returncode == 0, result.stderr
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "FINISHED"
+    history = MlflowClient(sqlite_uri).get_metric_history(run.run_id, "lr/default")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.25)]

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("installed")]
 
 USER_PROJECT = ROOT / "tests" / "data" / "user_project"
 GIT = {"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@x"}
+FINDING = "optimizer.warmup_steps: 0.1 is not used by the none schedule"
 NOISE = ("LeafSpec", "litlogger", "database tables", "Traceback")
 
 
@@ -145,25 +146,30 @@ def test_init_then_repro_and_exp_run_in_a_users_repository(user_repo, stage_venv
     params = (repo / "params.yaml").read_text()
     assert params.startswith("# the team's own params") and "seed: 7   # used by the features stage" in params
     assert ".kiwi-pipe-optim/" in (repo / ".gitignore").read_text()
-    (repo / "params.yaml").write_text(params.replace("max_epochs: 10", "max_epochs: 3"))
+    # SGD with the template's warm-up: a finding, which check, schedule and train all see and
+    # which the whole `dvc repro` prints once
+    params = params.replace("max_epochs: 10", "max_epochs: 3").replace("class_name: adamw", "class_name: sgd")
+    (repo / "params.yaml").write_text(params.replace("learning_rate: 0.01", "learning_rate: 0.1"))
     run(["git", "add", "-A"], repo, venv)
     run(["git", "commit", "-q", "-m", "kiwi-pipe-optim stages"], repo, venv, **GIT)
 
     repro = run(["dvc", "repro"], repo, venv)
     said = repro.stdout + repro.stderr
     assert not [noise for noise in NOISE if noise in said], said
+    assert said.count(FINDING) == 1, said
     # the data module takes no batch size: the steps are counted from its loader
     assert "optimizer steps (142 examples, batch 32, 3 epochs" in repro.stdout, repro.stdout
     run(["git", "add", "-A"], repo, venv)
     run(["git", "commit", "-q", "-m", "trained"], repo, venv, **GIT)
-    run(["dvc", "exp", "run", "-S", "optimizer.learning_rate=0.03"], repo, venv)
+    exp = run(["dvc", "exp", "run", "-S", "optimizer.learning_rate=0.05"], repo, venv)
+    assert (exp.stdout + exp.stderr).count(FINDING) == 1  # other params: said again, once
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("kiwi-pipe-optim")
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert {r.data.tags["kiwi.lightning_flavor"] for r in runs} == {"pytorch_lightning"}
-    assert {r.data.params["optimizer.learning_rate"] for r in runs} == {"0.01", "0.03"}
+    assert {r.data.params["optimizer.learning_rate"] for r in runs} == {"0.1", "0.05"}
     planned = (repo / "plots" / "schedule" / "default.csv").read_text().splitlines()[1:]
     for r in runs:  # the LR of both groups at every optimizer step the schedule planned
         for group in ("default", "encoder"):

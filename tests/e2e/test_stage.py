@@ -13,7 +13,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import kiwi_optim_in_process, runs_in, sh, stage_in_process
+from tests.e2e.conftest import runs_in, sh, stage_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -210,22 +210,3 @@ def test_fused_kernels_give_way_to_foreach_when_clipping_under_mixed_precision(r
     assert "auto: foreach, not fused" in result.stderr
     _, run = only_run(repo)
     assert run.info.status == "FINISHED" and run.data.params["resolved.implementation"] == "foreach"
-
-
-def test_a_finding_is_printed_once_in_a_whole_dvc_repro(repo_factory):
-    """check, schedule and train all see the finding; check prints it, the others do not again."""
-    repo = repo_factory({"optimizer": {"class_name": "sgd", "learning_rate": 0.1}})  # warmup_steps 0.1 stays
-    result = sh(["dvc", "repro"], repo)
-    output = result.stdout + result.stderr
-    assert output.count("optimizer.warmup_steps: 0.1 is not used by the none schedule") == 1, output[-4000:]
-    # a changed params file is a new run: the finding is shown again, once. DVC's part is proven
-    # above; the check and train stages' own commands, in process, tell the rest.
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("learning_rate: 0.1",
-                                                                                 "learning_rate: 0.05"))
-    checked = kiwi_optim_in_process(repo, "validate", "params.yaml", "-o", ".kiwi-pipe-optim/checked.yaml")
-    assert checked.returncode == 0, checked.stderr[-3000:]
-    trained = stage_in_process(repo)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert checked.stderr.count("optimizer.warmup_steps: 0.1 is not used") == 1, checked.stderr[-3000:]
-    assert "optimizer.warmup_steps" not in trained.stderr, trained.stderr[-3000:]
-    assert [run.data.params["optimizer.learning_rate"] for run in runs_in(repo)] == ["0.1", "0.05"]

@@ -40,6 +40,7 @@ from typing import Any, Literal, Mapping
 
 from ...errors import ConfigError
 from ..tracking.journal import Journal, Row
+from ..tracking.names import NameMap
 from .named import named
 
 logger = logging.getLogger("kiwi_pipe_optim")
@@ -64,6 +65,8 @@ class _KiwiLogger:
         self.owns_run = owns_run
         self._buffer: list[Row] = []
         self._last_step: dict[str, int] = {}
+        self._named = NameMap()  # what MLflow refuses is mapped before it is journaled
+        self._row_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         if sender == "process" and tracker is not None:
             tracker.start_sender()
         self._next_flush = time.monotonic() + self._period
@@ -91,8 +94,9 @@ class _KiwiLogger:
         if self._start is None:
             self._start = (step, time.monotonic())
         self._step = step
-        last, keys, values = self._last_step, [], []
+        last, keys, values, named = self._last_step, [], [], self._named
         for key, value in metrics.items():
+            key = named(key)
             if last.get(key, -1) < step:  # the first value of a key at a step wins
                 last[key] = step
                 keys.append(key)
@@ -108,6 +112,7 @@ class _KiwiLogger:
         if self._start is None:
             self._start = (step, time.monotonic())
         self._step = step
+        keys = self._row_names.get(keys) or self._row_names.setdefault(keys, tuple(map(self._named, keys)))
         last = self._last_step
         if any([last.get(key, -1) >= step for key in keys]):  # the first value of a key at a step wins
             kept = [(key, value) for key, value in zip(keys, values) if last.get(key, -1) < step]

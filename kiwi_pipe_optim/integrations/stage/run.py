@@ -29,6 +29,7 @@ from .. import lightning as kl
 from ..lightning.logger import kiwi_logger
 from ..lightning.quiet import quiet_lightning
 from ..tracking.journal import Journal, journal_lock, rewind
+from ..tracking.run import TrackingError
 from ..tracking.store import check_reachable, flatten, is_remote, repository_root, tracking_uri
 from .callback import stage_callback
 from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, restore_loader, run_defining
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except TrackingError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return int(e.code)

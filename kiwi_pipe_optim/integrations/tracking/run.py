@@ -85,6 +85,10 @@ def source_tags(name: str | None = None) -> dict[str, str]:
     return tags
 
 
+class TrackingError(RuntimeError):
+    """MLflow refused what a run sent; the message says where the values are kept."""
+
+
 class MlflowRun:
     """One MLflow run fed from a :class:`~.journal.Journal`: what is in the journal and not yet
     in MLflow is sent in batches.
@@ -273,16 +277,33 @@ class MlflowRun:
         tolerating_down(self.uri, unstored, self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
     def end(self, status: str) -> None:
-        """Send what is left and close the run; if the server is gone, write what it lacks to the spool."""
+        """Send what is left and close the run; if the server is gone, write what it lacks to the
+        spool. A send MLflow refuses ends the run FAILED, its values kept in the journal and the
+        spool, and raises :class:`TrackingError`: never FINISHED with less than the journal holds."""
+        refused: Exception | None = None
         try:
             if self._sender is None or self._stop_sender() != SERVER_DOWN_STATUS:
                 self.send()
+        except Exception as e:  # a server that is down is tolerated inside send: this is a refusal
+            refused = e
         finally:
-            if self._metrics.down_since is None and tolerating_down(
-                    self.uri, self._metrics.server_down, retrying, self.client.set_terminated, self.run_id, status):
-                if self._owns_journal:
-                    self.journal.delete()
-                    self.journal.path.parent.rmdir()
-            else:
-                write_spool(self.spool_path, self.run_id, self.uri, self.journal, self._stored,
-                            self._pending_params, status)
+            self._close(status, refused)
+        if refused is not None:
+            reason = str(refused).strip().splitlines()[0][:300] if str(refused).strip() else type(refused).__name__
+            raise TrackingError(f"MLflow refused values of run {self.run_id} ({reason}); the run is marked FAILED and "
+                                f"every value is kept in {self.spool_path}: send it with `kiwi-optim send-spool "
+                                f"{self.spool_path}` once the cause is fixed")
+
+    def _close(self, status: str, refused: Exception | None) -> None:
+        if refused is None and self._metrics.down_since is None and tolerating_down(
+                self.uri, self._metrics.server_down, retrying, self.client.set_terminated, self.run_id, status):
+            if self._owns_journal:
+                self.journal.delete()
+                self.journal.path.parent.rmdir()
+            return
+        if refused is not None:  # FAILED until the spool is sent; the spool ends it as it should have ended
+            try:
+                retrying(self.client.set_terminated, self.run_id, "FAILED")
+            except Exception as e:  # the spool below still keeps everything
+                logger.warning("could not mark run %s FAILED (%s)", self.run_id, type(e).__name__)
+        write_spool(self.spool_path, self.run_id, self.uri, self.journal, self._stored, self._pending_params, status)

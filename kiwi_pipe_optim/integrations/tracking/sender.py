@@ -31,6 +31,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ...logs import log_to_stderr
@@ -41,6 +42,9 @@ from .transport import MetricSender
 logger = logging.getLogger("kiwi_pipe_optim")
 
 POLL_S = 1.0  # how soon a sender notices its parent died while a forked worker keeps the pipe open
+PROGRESS_S = 10.0  # a line this often while the end of a run waits for its sender
+STALLED_AFTER_S = 120.0  # no value sent for this long: the sender is stuck, not slow
+STALLED = -9  # the status stop() returns for a sender it had to kill
 
 
 class Sender:
@@ -81,12 +85,31 @@ class Sender:
             return False
         return True
 
-    def stop(self) -> int:
-        """Let it send what is journaled, wait for it, and return its exit status."""
+    def stop(self, stalled_after_s: float = STALLED_AFTER_S) -> int:
+        """Let it send what is journaled, wait for it, and return its exit status. The wait is
+        bounded: a sender that sends nothing for ``stalled_after_s`` is killed (the training
+        process then sends the rest, :data:`STALLED`); one that sends slowly is waited for, with a
+        progress line every :data:`PROGRESS_S`."""
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
-        return self.process.wait()
+        sent, since = self.journal.sent, time.monotonic()
+        while True:
+            try:
+                return self.process.wait(timeout=min(PROGRESS_S, stalled_after_s))
+            except subprocess.TimeoutExpired:
+                pass
+            now, position = time.monotonic(), self.journal.sent
+            if position != sent:
+                sent, since = position, now
+            left = self.journal.size - position
+            if now - since >= stalled_after_s:
+                self.process.kill()
+                self.process.wait()
+                logger.warning("the MLflow sender process sent nothing for %.0f s; stopped it, and the training "
+                               "process sends the rest (%d bytes of the journal)", now - since, left)
+                return STALLED
+            logger.info("waiting for the MLflow sender process to send the rest of the journal (%d bytes)", left)
 
 
 def main(argv: list[str] | None = None) -> int:

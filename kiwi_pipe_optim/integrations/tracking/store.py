@@ -14,7 +14,6 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 from ...errors import ConfigError, Problem
 from ...extras import require
@@ -67,7 +66,8 @@ def tracking_uri(configured: str | None, root: Path) -> str:
 def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]  # sqlite:////abs/path.db or sqlite:///relative.db
+    return Path("/" + rest.lstrip("/")) if rest.startswith("/") else Path(rest)
 
 
 def is_lock_error(error: BaseException) -> bool:

@@ -22,6 +22,10 @@ MAX_PARAMS_PER_BATCH = 100
 SERVER_DOWN_STATUS = 3  # the sender process's exit status when a tracking server did not answer
 
 
+# What a server that answers says of a request it will never take: sending it again cannot help.
+REFUSALS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
 def tolerating_down(uri: str, on_down: Callable[[Exception], None], call: Callable[..., Any], *args: Any,
                     **kwargs: Any) -> bool:
     """``call(*args, **kwargs)``; False, after ``on_down(error)``, when a tracking server did not
@@ -29,7 +33,7 @@ def tolerating_down(uri: str, on_down: Callable[[Exception], None], call: Callab
     try:
         call(*args, **kwargs)
     except Exception as e:
-        if not is_remote(uri):
+        if not is_remote(uri) or getattr(e, "error_code", None) in REFUSALS:
             raise
         on_down(e)
         return False
