@@ -116,7 +116,7 @@ def _check_store(uri: str, field: str) -> None:
     parts = urlsplit(uri)
     local = db if db is not None else Path(parts.path) if parts.scheme in ("", "file") else None
     if local is not None and not local.exists():
-        local = local.resolve()  # sqlite:////tmp/x.db reads as //tmp/x.db
+        local = local.resolve()
         raise ConfigError(Problem(field, f"no MLflow store at {local}; train first (dvc repro), or pass "
                                   f"--tracking-uri"))
 

@@ -1,8 +1,7 @@
 """What users bring, through the pipeline's ``schedule`` and ``train``: Lightning's own demo
-classes, and a reduce-on-plateau experiment.
-
-The plateau goes through DVC (``dvc exp run``); the demo classes run the stages' own commands in
-this process, what they prove being the planned curve against the one trained. A project of the
+classes, and a reduce-on-plateau experiment. Both run the stages' own commands in this process,
+what they prove being the planned curve against the one trained (DVC's part is proven in
+``test_pipeline.py``). A project of the
 user's own, written against ``pytorch_lightning`` with no ``batch_size`` argument, goes through
 ``kiwi-optim init`` and DVC in ``test_installed.py``.
 """
@@ -13,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import kiwi_optim_in_process, sh, stage_in_process
+from tests.e2e.conftest import kiwi_optim_in_process, stage_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +53,16 @@ def test_lightnings_boring_model_and_data_module_planned_and_trained(repo_factor
     assert [float(line.split(",")[1]) for line in planned[1:]] == pytest.approx([v for _, v in logged], rel=1e-12)
 
 
-def test_a_plateau_experiment_through_dvc_exp_run(repo_factory):
-    repo = repo_factory({"trainer": {"max_epochs": 6}})
-    sh(["dvc", "exp", "run", "-S", "optimizer.class_name=sgd", "-S", "optimizer.learning_rate=2.0",
-        "-S", "+optimizer.learning_rate_decay=0.5", "-S", "+optimizer.learning_rate_decay_start=0"], repo)
+def test_a_plateau_experiment_planned_and_trained(repo_factory):
+    repo = repo_factory({"trainer": {"max_epochs": 6}, "optimizer": {
+        "class_name": "sgd", "learning_rate": 2.0, "learning_rate_decay": 0.5, "learning_rate_decay_start": 0}})
+    planned = kiwi_optim_in_process(repo, "preview", "params.yaml", "--plots-dir", "plots/schedule")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "the LR follows val_loss" not in (repo / "plots" / "schedule" / "default.csv").read_text()  # a CSV, not a note
+    trained = stage_in_process(repo)
+    assert trained.returncode == 0, trained.stderr[-3000:]
     client, run = only_run(repo)
     assert run.info.status == "FINISHED" and run.data.params["resolved.schedule"] == "plateau"
-    assert "the LR follows val_loss" not in (repo / "plots" / "schedule" / "default.csv").read_text()  # a CSV, not a note
     val_loss = history(client, run, "val_loss")
     lr = dict(history(client, run, "lr/default"))
     steps_per_epoch = len(lr) // len(val_loss)
