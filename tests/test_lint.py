@@ -1,5 +1,4 @@
 import subprocess
-import sys
 
 import lightning.pytorch as L
 import pytest
@@ -9,7 +8,7 @@ from kiwi_pipe_optim import OptimizerConfig
 from kiwi_pipe_optim.examples.digits import DigitsTransformer
 from kiwi_pipe_optim.integrations.stage.model_lint import lint_model, logged_metrics
 from kiwi_pipe_optim.lint import lint, resolve_errors
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN
 
 
 class NoEncoder(L.LightningModule):
@@ -82,10 +81,13 @@ def test_plateau_monitor_the_model_never_logs():
     assert logged_metrics(NoEncoder) == {"val_f1", "val_recall"}
 
 
-def test_encoder_learning_rate_without_an_encoder_stops_preview_and_stage(tmp_path):
-    """Checked on the model itself (built on the meta device by preview), not guessed from source."""
+def test_encoder_learning_rate_without_an_encoder_stops_preview_and_stage(tmp_path, capsys):
+    """Checked on the model itself (built on the meta device by preview), not guessed from source;
+    both commands in this process (their scripts' exit paths are test_bad_params.py's)."""
     import yaml
 
+    from kiwi_pipe_optim.cli import main as kiwi_optim
+    from kiwi_pipe_optim.integrations.stage import main as train
     from tests.test_preview import FAST
 
     path = tmp_path / "params.yaml"
@@ -93,11 +95,11 @@ def test_encoder_learning_rate_without_an_encoder_stops_preview_and_stage(tmp_pa
                                     "optimizer": {"class_name": "adam", "learning_rate": 1e-3,
                                                   "encoder_learning_rate": 1e-4}}))
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "encoder_learning_rate" in text)
-    for command in ([str(BIN / "kiwi-optim"), "preview", str(path)],
-                    [sys.executable, str(ROOT / "stages" / "train.py"), "--params", str(path)]):
-        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        assert out.returncode == 2, out.stderr
-        assert out.stderr.strip().splitlines()[-1] == (
+    for command in (lambda: kiwi_optim(["preview", str(path)]), lambda: train(["--params", str(path)])):
+        code = command()
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.strip().splitlines()[-1] == (
             f"{path}:{line}: optimizer.encoder_learning_rate: 0.0001 is set, but NoEncoder has no 'encoder' submodule; "
             "remove encoder_learning_rate or give the model an 'encoder' attribute")
 

@@ -1,9 +1,10 @@
-"""A schedule-free optimizer (Meta's ``schedulefree``) through ``dvc exp run``: the run ends
+"""A schedule-free optimizer (Meta's ``schedulefree``) through the train stage: the run ends
 FINISHED, validation sees the averaged weights exactly as the package's README's hand-switched
-loop does, and a kill -9 then ``dvc repro`` resumes with bitwise curves.
+loop does, and a kill -9 then a rerun resumes with bitwise curves. (DVC around the stage is
+tested in test_pipeline.py and test_resume.py; nothing of it depends on the optimizer.)
 
 ``pytorch-optimizer``'s ScheduleFreeAdamW switches modes through the same code; its validation on
-the average is checked in process by tests/test_what_is_logged.py, without paying for DVC twice."""
+the average is checked in process by tests/test_what_is_logged.py."""
 
 import importlib
 import shutil
@@ -14,7 +15,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import sh
+from tests.e2e.conftest import sh, stage_in_process
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("schedulefree")
@@ -121,26 +122,26 @@ def run_of(repo, experiment="kiwi-pipe-optim"):
                                                          key=lambda m: m.step)] for key in KEYS}
 
 
-def test_schedule_free_through_exp_run_validates_the_average_and_resumes_bitwise(repo_factory, tmp_path):
+def test_schedule_free_through_the_stage_validates_the_average_and_resumes_bitwise(repo_factory, tmp_path):
     straight = make(repo_factory, "straight", CLASS_NAME)
-    sh(["dvc", "exp", "run"], straight)
+    trained = stage_in_process(straight)
+    assert trained.returncode == 0, trained.stderr[-3000:]
     run, curves = run_of(straight)
     assert run.info.status == "FINISHED"
     assert [v for _, v in curves["val_loss"]] == pytest.approx(hand_loop(straight, CLASS_NAME), rel=1e-5)
 
     # saved at epoch ends (a plain DataLoader resumes at an epoch's start; see resumable_loader); a
     # save switches to eval and back, as the straight run did at the same steps. A copy of the
-    # straight repository with only the mlflow group changed (a fresh experiment) has `dvc repro`
-    # rerun `train` alone; the kill needs no DVC, the resume is DVC's.
+    # straight repository with only the mlflow group changed (a fresh experiment); the kill needs a
+    # process of its own, the resume runs in this one (DVC's part of a resume: test_resume.py).
     killed = shutil.copytree(straight, tmp_path / "killed", symlinks=True)
     params = yaml.safe_load((killed / "params.yaml").read_text())
     params["mlflow"]["experiment_name"] = "resumed"
     (killed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     crashed = sh([sys.executable, "stages/train.py"], killed, check=False, DIE_AT_STEP="8")
     assert crashed.returncode != 0 and (killed / "died").exists()
-    resumed = sh(["dvc", "repro"], killed, DIE_AT_STEP="8")
-    assert "Running stage 'check'" not in resumed.stdout and "Running stage 'train'" in resumed.stdout
-    assert "resuming from step 5" in resumed.stderr
+    resumed = stage_in_process(killed, DIE_AT_STEP="8")
+    assert resumed.returncode == 0 and "resuming from step 5" in resumed.stderr, resumed.stderr[-3000:]
     run, resumed_curves = run_of(killed, "resumed")
     assert run.info.status == "FINISHED"
     assert resumed_curves == curves  # bitwise: the same eval/train switches at the same steps
