@@ -2,33 +2,23 @@
 leaves everything else as it was. (The whole path, from a built wheel through ``dvc repro``, is
 ``tests/e2e/test_installed.py``.)"""
 
-import contextlib
-import io
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from kiwi_pipe_optim.cli import main
 from kiwi_pipe_optim.cli.init import pipeline, stages_text
 from tests.conftest import ROOT
+from tests.e2e.conftest import kiwi_optim_in_process
 
 USER_PROJECT = ROOT / "tests" / "data" / "user_project"
 WINE = ["--model", "wine.model:WineClassifier", "--data", "wine.model:WineData"]
 
 
 def kiwi_optim(repo, *args):
-    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(repo)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["init", *args])
-    finally:
-        os.chdir(cwd)
-    return code, out.getvalue(), err.getvalue()
+    done = kiwi_optim_in_process(repo, "init", *args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def files(repo):
@@ -42,9 +32,7 @@ def repo(tmp_path):
     shutil.copytree(USER_PROJECT, path)
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     (path / ".dvc").mkdir()  # as after dvc init (which one test runs for real)
-    yield path
-    for name in [n for n in sys.modules if n == "wine" or n.startswith("wine.")]:
-        del sys.modules[name]  # the next test's copy is imported afresh
+    return path
 
 
 def test_this_repositorys_pipeline_is_what_init_writes():

@@ -152,15 +152,10 @@ def stop_server(server: subprocess.Popen, signal: int = 15) -> None:
     server.wait(timeout=30)
 
 
-def stage_in_process(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """``python stages/train.py ARGS`` in ``repo``, run in this process (no interpreter start-up
-    and no imports to pay): its exit status, stdout and stderr, as ``sh`` returns them.
-
-    The user's modules the stage imports from ``repo`` are forgotten afterwards, so a later test
-    may write its own under the same name.
-    """
-    from kiwi_pipe_optim.integrations.stage import main
-
+def _in_process(repo: Path, main: Any, args: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:
+    """``main(args)`` in ``repo`` with ``env`` (and no MLFLOW_ or DVC_ variables of this process);
+    its exit status, stdout and stderr. Everything is put back afterwards, and the user's modules
+    imported from ``repo`` are forgotten, so a later test may write its own under the same name."""
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
@@ -178,18 +173,19 @@ def stage_in_process(repo: Path, *args: str, **env: str) -> subprocess.Completed
         root = str(Path(repo).resolve())
         for name in [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(root)]:
             del sys.modules[name]
-    return subprocess.CompletedProcess(["stages/train.py", *args], code, out.getvalue(), err.getvalue())
+    return code, out.getvalue(), err.getvalue()
 
 
-def kiwi_optim_in_process(repo: Path, *args: str) -> subprocess.CompletedProcess:
+def stage_in_process(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``kiwi-optim train ARGS`` in ``repo``, run in this process (no interpreter start-up and no
+    imports to pay), as ``sh`` returns it."""
+    from kiwi_pipe_optim.integrations.stage import main
+
+    return subprocess.CompletedProcess(["kiwi-optim", "train", *args], *_in_process(repo, main, args, env))
+
+
+def kiwi_optim_in_process(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """``kiwi-optim ARGS`` in ``repo``, in this process, as ``sh`` would return it."""
     from kiwi_pipe_optim.cli import main
 
-    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(repo)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        os.chdir(cwd)
-    return subprocess.CompletedProcess(["kiwi-optim", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["kiwi-optim", *args], *_in_process(repo, main, args, env))
