@@ -11,7 +11,7 @@ from torch import nn
 
 from kiwi_pipe_optim import OptimizerConfig
 from kiwi_pipe_optim.integrations.lightning import KiwiOptimizers, attach_config, step_recorder
-from tests.test_lightning import curves, fit, loader
+from tests.test_lightning import fit, loader
 
 pytest.importorskip("schedulefree")
 pytest.importorskip("pytorch_optimizer")

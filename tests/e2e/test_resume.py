@@ -21,6 +21,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from kiwi_pipe_optim.integrations.stage.checkpoint import seal
 from tests.conftest import Exploit
 from tests.e2e.conftest import make_repo, sh, stage_in_process, tool_env
 
@@ -241,7 +242,8 @@ def test_restored_lr_that_differs_from_the_schedule_is_refused(crashed, tmp_path
     checkpoint = torch.load(path, weights_only=True)
     for group in checkpoint["optimizer_states"][0]["param_groups"]:
         group["lr"] *= 3  # what a changed schedule formula would restore
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, tmp_path / "changed.ckpt")
+    seal(tmp_path / "changed.ckpt", path)  # a file the stage wrote, so that its checksum holds
     result = stage_in_process(repo)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"checkpoint: '{CHECKPOINT}' restored lr/encoder = " in result.stderr
@@ -253,8 +255,9 @@ def test_restored_lr_that_differs_from_the_schedule_is_refused(crashed, tmp_path
 def test_tampered_checkpoint_is_refused_and_runs_nothing(crashed, tmp_path):
     repo = copy(crashed, tmp_path)
     marker = repo / "code-ran"
-    with open(repo / CHECKPOINT, "wb") as f:
+    with open(tmp_path / "tampered.ckpt", "wb") as f:
         pickle.dump({"state_dict": {}, "callbacks": {"x": Exploit(marker)}}, f)
+    seal(tmp_path / "tampered.ckpt", repo / CHECKPOINT)  # whoever tampers can write a checksum too
     result = stage_in_process(repo)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"checkpoint: '{CHECKPOINT}' was refused: it holds Python objects that could run code" in result.stderr
@@ -294,3 +297,121 @@ def test_kill_9_on_the_way_out_does_not_train_again(base, uninterrupted, tmp_pat
         assert (repo / name).read_text() == (base_repo / name).read_text()
     assert json.loads((repo / "metrics.json").read_text())["steps"] == 20
     assert "Stage 'train' didn't change" in sh(["dvc", "repro"], repo).stdout
+
+
+@pytest.fixture(scope="module")
+def crashed_after_sending(base, tmp_path_factory):
+    """Sent at every epoch end (flush 0) and killed at step 11: MLflow holds steps 9 and 10,
+    past the checkpoint at step 9, which the resume logs again."""
+    repo = copy(base, tmp_path_factory.mktemp("sent"))
+    set_params(repo, mlflow={"flush_interval_s": 0.0})
+    assert train_py(repo, DIE_AT_STEP="11").returncode != 0 and (repo / "died").exists()
+    [run], held = histories(repo)
+    assert max(step for step, _ in held["lr/default"]) >= 9
+    return repo, run.info.run_id
+
+
+def one_line(result, expected, code=2):
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+JOURNAL = ".kiwi-pipe-optim/journal/train.journal"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled", "another run's"])
+def test_a_sent_marker_that_cannot_say_asks_mlflow_and_sends_nothing_twice(crashed_after_sending, uninterrupted,
+                                                                           tmp_path, damage):
+    repo, run_id = crashed_after_sending
+    repo = copy(repo, tmp_path)
+    marker = repo / (JOURNAL + ".sent")
+    if damage == "deleted":
+        marker.unlink()
+    elif damage == "garbled":
+        marker.write_text("9999")  # what a marker without its checksum says
+    else:
+        offset, _, _ = marker.read_text().split()
+        marker.write_text(f"{offset} {'0' * 32} 00000000")
+    resumed = stage_in_process(repo, DIE_AT_STEP="11")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "only the rest is sent" in resumed.stderr
+    assert_resumed(repo, run_id, 9, uninterrupted)
+
+
+def test_a_run_deleted_before_the_resume_is_replaced_by_one_holding_the_whole_run(crashed_after_sending,
+                                                                                  uninterrupted, tmp_path):
+    repo, run_id = crashed_after_sending
+    repo = copy(repo, tmp_path)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    client.delete_run(run_id)  # as the UI's delete button does
+    resumed = stage_in_process(repo, DIE_AT_STEP="11")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"the MLflow run {run_id} of the checkpoint is gone" in resumed.stderr
+    [run], curves = histories(repo)
+    assert run.info.run_id != run_id and run.info.status == "FINISHED"
+    assert curves == uninterrupted[1]  # every step of every metric, once
+    old = client.get_run(run_id)
+    assert old.info.status == "KILLED" and old.info.lifecycle_stage == "deleted"
+    assert old.data.tags["kiwi.replaced_by"] == run.info.run_id
+
+
+def test_a_store_deleted_before_the_resume_gets_the_whole_run(crashed_after_sending, uninterrupted, tmp_path):
+    repo, run_id = crashed_after_sending
+    repo = copy(repo, tmp_path)
+    (repo / "mlflow.db").unlink()
+    resumed = stage_in_process(repo, DIE_AT_STEP="11")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "is gone" in resumed.stderr
+    [run], curves = histories(repo)
+    assert run.info.status == "FINISHED" and curves == uninterrupted[1]
+
+
+def test_a_deleted_experiment_is_one_line_and_the_resume_waits_for_it(crashed_after_sending, tmp_path):
+    repo, run_id = crashed_after_sending
+    repo = copy(repo, tmp_path)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kiwi-pipe-optim").experiment_id
+    client.delete_experiment(experiment)
+    result = stage_in_process(repo)
+    one_line(result, f"mlflow.experiment_name: the MLflow experiment 'kiwi-pipe-optim' (id {experiment}) is "
+                     f"deleted in sqlite:///")
+    assert "restore it" in result.stderr and (repo / CHECKPOINT).exists()
+    assert len(client.search_runs([experiment], run_view_type=3)) == 1  # no run was started
+
+
+def flip(path, at):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_bytes_flipped_inside_a_checkpoint_are_refused_before_it_is_loaded(crashed, tmp_path):
+    repo = copy(crashed, tmp_path)
+    import zipfile
+
+    with zipfile.ZipFile(repo / CHECKPOINT) as archive:  # inside a tensor's record: the zip stays whole
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    flip(repo / CHECKPOINT, record.header_offset + 30 + len(record.filename) + len(record.extra) + 7)
+    result = stage_in_process(repo)
+    one_line(result, f"checkpoint: '{CHECKPOINT}' is damaged: its bytes do not match the checksum written with it; "
+                     f"delete '{CHECKPOINT}' (or set checkpoint.resume: false) to start afresh")
+    [run], _ = histories(repo)
+    assert run.info.status == "RUNNING"  # nothing was started or changed
+
+
+@pytest.mark.parametrize("damaged", ["keys", "record", "run marker"])
+def test_damaged_state_files_are_one_line_and_start_no_run(crashed, tmp_path, damaged):
+    repo = copy(crashed, tmp_path)
+    if damaged == "keys":
+        (repo / (JOURNAL + ".keys")).write_bytes(b"\x00\xffnot json")
+        expected = "train.journal.keys' cannot be read"
+    elif damaged == "record":
+        flip(repo / JOURNAL, 28 * 5 + 3)  # the high byte of record 5's key index
+        expected = "train.journal' is damaged: record 5 of"
+    else:
+        (repo / ".kiwi-pipe-optim/checkpoints/train.run").write_bytes(b"\x89garbage")
+        expected = "train.run' is damaged"
+    result = stage_in_process(repo)
+    one_line(result, expected)
+    [run], _ = histories(repo)
+    assert run.info.status == "RUNNING" and not (repo / "metrics.json").exists()

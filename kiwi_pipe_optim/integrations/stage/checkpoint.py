@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
 import inspect
 import json
@@ -29,6 +30,7 @@ import torch
 
 from ...config import OptimizerConfig
 from ...errors import ConfigError, Problem
+from ...files import write_atomically
 from ...param_groups import group_names
 from ...schedules import SCHEDULE_SPECS, evaluate
 from ...state import safe_load
@@ -68,14 +70,68 @@ def _fresh(path: Path) -> str:
     return f"delete '{path}' (or set checkpoint.resume: false) to start afresh"
 
 
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seal(tmp: Path, path: Path) -> None:
+    """Move a checkpoint written at ``tmp`` to ``path``, its checksum written first.
+
+    torch does not check its records on load: bytes flipped inside a checkpoint whose zip
+    structure is intact would resume silently with other weights. The checksum file lists the
+    new checkpoint's digest and the one it replaces, so that a crash between the two renames
+    leaves a pair that still verifies.
+    """
+    digests = digest_path(path)
+    try:
+        previous = digests.read_text().split()[:1]
+    except OSError:
+        previous = []
+    write_atomically(digests, "\n".join([file_digest(tmp), *previous]) + "\n")
+    os.replace(tmp, path)
+
+
+def discard(path: Path) -> None:
+    """The checkpoint and its checksum: a finished run's next run starts afresh."""
+    for leftover in (path, digest_path(path)):
+        leftover.unlink(missing_ok=True)
+
+
+def verify(path: Path) -> None:
+    """Raises:
+        ConfigError: the checkpoint's checksum is missing or does not match its bytes.
+    """
+    if not path.is_file():
+        return  # safe_load says what it is instead
+    try:
+        listed = digest_path(path).read_text().split()
+    except FileNotFoundError:
+        raise ConfigError(Problem(FIELD, f"'{path}' has no checksum beside it ('{digest_path(path).name}'), so "
+                                  f"it cannot be verified; {_fresh(path)}")) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(Problem(FIELD, f"the checksum of '{path}' cannot be read ({e}); {_fresh(path)}")) from None
+    if file_digest(path) not in listed:
+        raise ConfigError(Problem(FIELD, f"'{path}' is damaged: its bytes do not match the checksum written with "
+                                  f"it; {_fresh(path)}"))
+
+
 def read_resume_point(path: str | Path) -> ResumePoint:
-    """Read a stage checkpoint without unpickling any code.
+    """Read a stage checkpoint, verified against its checksum, without unpickling any code.
 
     Raises:
-        ConfigError: the file carries Python objects (a tampered checkpoint), is no torch file,
-            or was not written by the stage.
+        ConfigError: the file is damaged, carries Python objects (a tampered checkpoint), is no
+            torch file, or was not written by the stage.
     """
     path = Path(path)
+    verify(path)
     data = safe_load(path, FIELD, "a checkpoint of this stage", _fresh(path))
     states = data.get("callbacks") if isinstance(data, dict) else None
     ours = [s for s in (states or {}).values() if isinstance(s, dict) and s.get("format") == FORMAT]
@@ -346,7 +402,7 @@ class Checkpointer:
         finally:
             self._saving = False
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
+            seal(tmp, self.path)  # a crash while saving leaves the previous checkpoint whole
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,11 @@ from ...logs import log_to_stderr
 from .. import lightning as kl
 from ..lightning.logger import kiwi_logger
 from ..lightning.quiet import quiet_lightning
-from ..tracking.journal import Journal, journal_lock, rewind
+from ..tracking.journal import Journal, JournalDamaged, journal_lock, rewind
 from ..tracking.run import TrackingError
 from ..tracking.store import check_reachable, flatten, is_remote, repository_root, tracking_uri
 from .callback import stage_callback
-from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, restore_loader, run_defining
+from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, discard, restore_loader, run_defining
 from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams, load_stage_params
 from .preemption import Preempted
@@ -109,7 +110,7 @@ class Journaled:
     journal's lock (held while the run lasts)."""
 
     journal: Journal | None
-    already_sent: set[tuple[str, int]]
+    already_sent: set[tuple[str, int]] | None  # None: the sent marker cannot say; MLflow is asked
     lock_fd: int | None = None
 
 
@@ -123,21 +124,26 @@ def _opened_journal(out_dir: Path, point: ResumePoint | None) -> Iterator[Journa
         ConfigError: the checkpoint's journal is gone (the values before it could not be sent
             or plotted), or the sender of a killed run does not finish.
     """
-    journal = Journal(out_dir / JOURNAL_FILE)
+    path = out_dir / JOURNAL_FILE
     with contextlib.ExitStack() as held:
         try:
-            lock_fd = held.enter_context(journal_lock(journal))
+            lock_fd = held.enter_context(journal_lock(path))
         except TimeoutError as e:
             raise ConfigError(Problem("checkpoint", f"{e}; stop that process and run again")) from None
-        journal.reload_keys()  # as that sender left them
         if point is None:
-            journal.delete()
-            yield Journaled(Journal(out_dir / JOURNAL_FILE), set(), lock_fd)
+            Journal.remove(path)
+            yield Journaled(Journal(path), set(), lock_fd)
             return
+        fresh = f"delete '{point.path}' (or set checkpoint.resume: false) to start afresh"
+        try:
+            journal = Journal(path, point.run_id)  # its keys as the killed run's sender left them
+            journal.check()
+        except JournalDamaged as e:
+            raise ConfigError(Problem("checkpoint", f"{e}; the values before the checkpoint cannot be sent or "
+                                      f"plotted: {fresh}")) from None
         if journal.size < point.journal_offset:
             raise ConfigError(Problem("checkpoint", f"'{journal.path}' holds less than '{point.path}' expects (the "
-                                      f"values logged before the crash); delete '{point.path}' (or set "
-                                      f"checkpoint.resume: false) to start afresh"))
+                                      f"values logged before the crash); {fresh}"))
         yield Journaled(journal, rewind(journal, point.journal_offset, point.step), lock_fd)
 
 
@@ -163,6 +169,7 @@ def _open_tracker(stack: contextlib.ExitStack, prepared: Prepared, journaled: Jo
     uri = tracking_uri(params.mlflow.tracking_uri, root)
     field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
     check_reachable(uri, field)
+    interrupted = read_run_marker(out_dir / RUN_MARKER)
     # A server that goes away mid-run must cost seconds of retries, not minutes (MLflow's default).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -184,17 +191,35 @@ def _open_tracker(stack: contextlib.ExitStack, prepared: Prepared, journaled: Jo
                                   f"asks for them), or unset it to log to sqlite:///mlflow.db")) from None
     stack.enter_context(tracker)
     logger.info("MLflow run %s (%s) in %s", tracker.run_name, tracker.run_id, uri)
-    _replace_interrupted(out_dir / RUN_MARKER, tracker)
+    _replace_interrupted(out_dir / RUN_MARKER, interrupted, tracker)
     if point is not None:
         tracker.set_tags({"kiwi.resumed_at_step": str(point.step)})
     tracker.log_params(flatten(params.raw))
     return tracker
 
 
-def _replace_interrupted(marker: Path, tracker: Any) -> None:
+def read_run_marker(marker: Path) -> str | None:
+    """The MLflow run a killed process left in progress, if any.
+
+    Raises:
+        ConfigError: the marker is damaged: the run it named cannot be closed.
+    """
+    try:
+        text = marker.read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        text = f"<{type(e).__name__}>"
+    if re.fullmatch(r"[0-9a-f]{32}", text) is None:
+        raise ConfigError(Problem("checkpoint", f"'{marker}' is damaged (it holds {text[:40]!r}, not the id of the "
+                                  f"MLflow run in progress); delete it and run again (end that run in the MLflow UI "
+                                  f"if it shows RUNNING)"))
+    return text
+
+
+def _replace_interrupted(marker: Path, interrupted: str | None, tracker: Any) -> None:
     """Close the MLflow run a killed process left RUNNING (killed before its first checkpoint,
     or not resumed), tagged with the run that replaces it; then mark this run as in progress."""
-    interrupted = marker.read_text().strip() if marker.is_file() else ""
     if interrupted and interrupted != tracker.run_id:
         tracker.close_interrupted(interrupted)
     write_atomically(marker, tracker.run_id)
@@ -223,7 +248,7 @@ def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any
         record = {"params": params_sha256(run_defining(params.raw)), "run_id": tracker.run_id if tracker else None}
         metrics = write_outputs(out_dir, journaled.journal, trainer.global_step, trainer.current_epoch,
                                 recorder.seconds, params.plots.max_points, record)
-        (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: the next run starts afresh
+        discard(out_dir / CHECKPOINT_FILE)  # finished: the next run starts afresh
         (out_dir / RUN_MARKER).unlink(missing_ok=True)
         return metrics
     finally:
@@ -238,14 +263,14 @@ def _close_finished(record: dict[str, Any], params: StageParams, out_dir: Path) 
         from ..tracking.run import MlflowRun
 
         uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
-        journal = Journal(out_dir / JOURNAL_FILE)  # what it had not sent yet, if anything
-        with journal_lock(journal) as lock_fd:  # once its sender, if still sending, is done
-            journal.reload_keys()
+        path = out_dir / JOURNAL_FILE
+        with journal_lock(path) as lock_fd:  # once its sender, if still sending, is done
+            journal = Journal(path)  # what it had not sent yet, if anything
             MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
                       journal=journal, lock_fd=lock_fd).end("FINISHED")
             journal.delete()
-    for leftover in (CHECKPOINT_FILE, RUN_MARKER):
-        (out_dir / leftover).unlink(missing_ok=True)
+    discard(out_dir / CHECKPOINT_FILE)
+    (out_dir / RUN_MARKER).unlink(missing_ok=True)
     return record["metrics"]
 
 

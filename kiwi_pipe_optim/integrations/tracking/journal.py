@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,24 +27,33 @@ from ...files import write_atomically
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
+class JournalDamaged(ValueError):
+    """A journal file that cannot be what this module wrote."""
+
+
+EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier timestamp is no time a run logged at
 RECORD = np.dtype([("key", "<i4"), ("step", "<i8"), ("value", "<f8"), ("timestamp", "<i8")])
 Value = tuple[str, float, int, int]  # key, value, timestamp (ms), step: MLflow's Metric order
 Row = tuple[tuple[str, ...], list[Any], int, int]  # keys, their values, timestamp (ms), step
 
 
 class Journal:
-    """``<path>`` (records), ``<path>.keys`` (key names), ``<path>.sent`` (bytes sent to MLflow)."""
+    """``<path>`` (records), ``<path>.keys`` (key names), ``<path>.sent`` (bytes sent to MLflow).
 
-    def __init__(self, path: str | Path):
+    ``run_id``: the MLflow run the journal is sent to. The sent marker names it and carries a
+    checksum, so that a marker that is missing, damaged or about another run (one deleted, a
+    store replaced) is known to be unknown, and the run asks MLflow what it holds instead of
+    sending everything again or only the tail.
+    """
+
+    def __init__(self, path: str | Path, run_id: str | None = None):
         self.path = Path(path)
+        self.run_id = run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
-        keys_file = self.path.with_name(self.path.name + ".keys")
-        self._keys_file = keys_file
-        self.keys: list[str] = json.loads(keys_file.read_text()) if keys_file.exists() else []
-        self._index = {k: i for i, k in enumerate(self.keys)}
-        self._codes: dict[tuple[str, ...], list[int]] = {}  # a row's keys: their indices
+        self._keys_file = self.path.with_name(self.path.name + ".keys")
         self._sent_file = self.path.with_name(self.path.name + ".sent")
+        self.reload_keys()
 
     @property
     def size(self) -> int:
@@ -51,14 +61,31 @@ class Journal:
 
     @property
     def sent(self) -> int:
-        """Bytes of the journal MLflow holds (always a whole number of records)."""
+        """Bytes of the journal MLflow holds (always a whole number of records); 0 when the
+        marker cannot tell, which only a run that has asked MLflow (and skips what it holds) may use."""
+        known = self.sent_known()
+        return 0 if known is None else known
+
+    def sent_known(self) -> int | None:
+        """The marker's offset; None when it is missing (with records journaled), damaged, past
+        the journal's end, or written for another run than :attr:`run_id`."""
         try:
-            return min(int(self._sent_file.read_text() or 0), self.size)
-        except (OSError, ValueError):
-            return 0
+            text = self._sent_file.read_text()
+        except FileNotFoundError:
+            return 0 if self.size == 0 else None
+        except (OSError, UnicodeDecodeError):
+            return None
+        parts = text.split()
+        if len(parts) != 3 or not parts[0].isdigit() or parts[2] != _checksum(parts[0], parts[1]):
+            return None
+        if self.run_id is not None and parts[1] != self.run_id:
+            return None
+        offset = int(parts[0])
+        return offset if offset % RECORD.itemsize == 0 and offset <= self.size else None
 
     def mark_sent(self, offset: int) -> None:
-        write_atomically(self._sent_file, str(offset))
+        run = self.run_id or "-"
+        write_atomically(self._sent_file, f"{offset} {run} {_checksum(str(offset), run)}\n")
 
     def append_rows(self, rows: list[Row]) -> int:
         """Write ``rows``, each the values of some keys at one step; return the journal's new
@@ -122,21 +149,54 @@ class Journal:
             yield start, [(self.keys[k], v, t, s) for k, s, v, t in part.tolist()]
 
     def reload_keys(self) -> None:
-        self.keys = json.loads(self._keys_file.read_text()) if self._keys_file.exists() else []
+        """Raises:
+            JournalDamaged: the key file is no JSON list of distinct names.
+        """
+        try:
+            keys = json.loads(self._keys_file.read_text()) if self._keys_file.exists() else []
+        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+            raise JournalDamaged(f"'{self._keys_file}' cannot be read ({type(e).__name__})") from None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+            raise JournalDamaged(f"'{self._keys_file}' is damaged (not a list of distinct metric names)")
+        self.keys = keys
         self._index = {k: i for i, k in enumerate(self.keys)}
-        self._codes = {}
+        self._codes: dict[tuple[str, ...], list[int]] = {}  # a row's keys: their indices
+
+    def check(self, end: int | None = None) -> None:
+        """Every record up to ``end`` names a known key, a step and a timestamp MLflow takes:
+        damage found before a resume relies on it, not at the end of training when MLflow
+        refuses it, nor as values missing from the plots.
+
+        Raises:
+            JournalDamaged: the first damaged record, by its position.
+        """
+        records = self.records(0, end)
+        now_ms = time.time() * 1000
+        bad = ((records["key"] < 0) | (records["key"] >= len(self.keys)) | (records["step"] < 0)
+               | (records["timestamp"] < EARLIEST_MS) | (records["timestamp"] > now_ms + 86_400_000))
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise JournalDamaged(f"'{self.path}' is damaged: record {first} of {len(records)} (byte "
+                                 f"{first * RECORD.itemsize}) names no known metric, step or time")
+
+    @staticmethod
+    def remove(path: str | Path) -> None:
+        """A journal's files, whatever state they are in."""
+        path = Path(path)
+        for suffix in ("", ".keys", ".sent", ".skip"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
     def truncate(self, offset: int) -> None:
         """Cut the journal back to ``offset`` bytes (a checkpoint's length): what a crashed run
         logged after its checkpoint is logged again, identically, by the resumed run."""
+        known = self.sent_known()
         with open(self.path, "r+b") as f:
             f.truncate(offset)
-        if self.sent > offset:
+        if known is not None and known > offset:
             self.mark_sent(offset)
 
     def delete(self) -> None:
-        for path in (self.path, self._keys_file, self._sent_file, self.path.with_name(self.path.name + ".skip")):
-            path.unlink(missing_ok=True)
+        self.remove(self.path)
 
 
 def as_floats(values: list[Any]) -> list[Any]:
@@ -162,30 +222,38 @@ def as_floats(values: list[Any]) -> list[Any]:
     return out
 
 
-def rewind(journal: Journal, offset: int, step: int) -> set[tuple[str, int]]:
+def _checksum(offset: str, run: str) -> str:
+    return f"{zlib.crc32(f'{offset} {run}'.encode()):08x}"
+
+
+def rewind(journal: Journal, offset: int, step: int) -> set[tuple[str, int]] | None:
     """Cut the journal back to a checkpoint taken after ``step`` optimizer steps (its length
     then: ``offset``).
 
     Kept: everything before the checkpoint, and what was logged for the steps it completed just
     after it (Lightning sends a batch's ``self.log`` values after the callbacks that save).
     Dropped: the steps from ``step`` on, which the resumed run logs again. Returns the
-    ``(key, step)`` of values MLflow already holds beyond the cut, so that none is sent twice.
+    ``(key, step)`` of values MLflow already holds beyond the cut, so that none is sent twice;
+    None when the sent marker cannot say (then MLflow is asked, :class:`.run.MlflowRun`).
     """
-    sent = journal.sent
+    sent = journal.sent_known()
     after = journal.records(offset)
-    sent_after = after[: max(0, sent - offset) // RECORD.itemsize]
-    already = {(journal.keys[k], s) for k, s in zip(sent_after["key"].tolist(), sent_after["step"].tolist())}
+    already = None
+    if sent is not None:
+        sent_after = after[: max(0, sent - offset) // RECORD.itemsize]
+        already = {(journal.keys[k], s) for k, s in zip(sent_after["key"].tolist(), sent_after["step"].tolist())}
     keep = after[after["step"] < step]
     journal.truncate(offset)
     if len(keep):
         with open(journal.path, "ab") as f:
             f.write(keep.tobytes())
-    journal.mark_sent(min(sent, offset))
+    if sent is not None:
+        journal.mark_sent(min(sent, offset))
     return already
 
 
 @contextlib.contextmanager
-def journal_lock(journal: Journal, timeout_s: float = 600.0) -> Iterator[int]:
+def journal_lock(journal_path: Path, timeout_s: float = 600.0) -> Iterator[int]:
     """Hold ``<journal>.lock`` (yields the fd), waiting first for the sender process of an
     interrupted run to finish sending. A sender started meanwhile gets a copy of the fd, so the
     lock stays held until it too has exited.
@@ -195,7 +263,8 @@ def journal_lock(journal: Journal, timeout_s: float = 600.0) -> Iterator[int]:
     """
     import fcntl
 
-    path = journal.path.with_name(journal.path.name + ".lock")
+    path = journal_path.with_name(journal_path.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout_s

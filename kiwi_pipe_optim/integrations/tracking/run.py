@@ -10,6 +10,7 @@ thread did not help (the GIL); the logger decides when the process pays for its 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -22,7 +23,7 @@ from types import TracebackType
 from typing import Any, Mapping
 
 from ...errors import ConfigError, Problem
-from .journal import Journal
+from .journal import RECORD, Journal
 from .spool import write_spool
 from .store import client_for, retrying
 from .transport import MAX_PARAMS_PER_BATCH, SERVER_DOWN_STATUS, MetricSender, tolerating_down
@@ -105,7 +106,7 @@ class MlflowRun:
     def __init__(self, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str],
                  artifact_root: Path | None = None, spool_dir: Path | None = None,
                  resume_run_id: str | None = None, journal: Journal | None = None,
-                 already_sent: set[tuple[str, int]] | None = None, lock_fd: int | None = None):
+                 already_sent: set[tuple[str, int]] | None = frozenset(), lock_fd: int | None = None):
         self.uri = uri
         self.client = client_for(uri)
         self.experiment_id = self._experiment(experiment, artifact_root)
@@ -119,6 +120,7 @@ class MlflowRun:
         self.run_name = run.info.run_name
         self._owns_journal = journal is None
         self.journal = journal or Journal(Path(tempfile.mkdtemp(prefix="kiwi-journal-")) / f"{self.run_id}.journal")
+        self._settle_sent(run, resume_run_id, already_sent is None)
         self._pending_params: dict[str, str] = {}
         self.spool_path = (spool_dir or Path(".kiwi-pipe-optim") / "spool") / f"{self.run_id}.jsonl"
         self._metrics = MetricSender(uri, self.run_id, self.journal, self._stored, client=self.client)
@@ -172,8 +174,62 @@ class MlflowRun:
                            status)
         return status
 
+    def _settle_sent(self, run: Any, resume_run_id: str | None, unknown: bool) -> None:
+        """Make the journal's sent marker true for this run. A run that replaces a gone one gets
+        the whole journal; a resumed run whose marker cannot say gets what MLflow lacks."""
+        journal = self.journal
+        journal.run_id = self.run_id
+        if resume_run_id is not None and resume_run_id != self.run_id:
+            self._stored = set()
+            journal.mark_sent(0)
+            self._end_gone(resume_run_id)
+            logger.warning("the MLflow run %s of the checkpoint is gone from %s (deleted, or another store); the "
+                           "whole run, %d values from its journal, is logged to the new run %s", resume_run_id,
+                           self.uri, journal.size // RECORD.itemsize, self.run_id)
+        elif resume_run_id is not None and (unknown or journal.sent_known() is None):
+            self._stored = self._held(run)
+            journal.mark_sent(0)
+            logger.warning("the journal's record of what MLflow holds is missing or damaged; MLflow holds %d "
+                           "values of run %s, and only the rest is sent", len(self._stored), self.run_id)
+        elif journal.sent_known() is None:
+            journal.mark_sent(0)
+
+    def _held(self, run: Any) -> set[tuple[str, int]]:
+        """Every ``(key, step)`` MLflow holds for ``run``: what the journal need not send."""
+        held: set[tuple[str, int]] = set()
+        for key in run.data.metrics:
+            held.update((key, m.step) for m in retrying(self.client.get_metric_history, run.info.run_id, key))
+        return held
+
+    def _end_gone(self, run_id: str) -> None:
+        """A run deleted in the UI keeps its RUNNING status, which MLflow will not change while
+        it is deleted: restored for a moment, marked KILLED and replaced, then deleted again."""
+        try:
+            old = retrying(self.client.get_run, run_id)
+        except Exception:  # not in this store at all
+            return
+        if old.info.status != "RUNNING":
+            return
+        deleted = old.info.lifecycle_stage == "deleted"
+        try:
+            if deleted:
+                retrying(self.client.restore_run, run_id)
+            retrying(self.client.set_tag, run_id, "kiwi.replaced_by", self.run_id)
+            retrying(self.client.set_terminated, run_id, "KILLED")
+        except Exception as e:
+            logger.info("the MLflow run %s could not be marked KILLED (%s)", run_id, str(e).splitlines()[0][:120])
+        finally:
+            if deleted:
+                with contextlib.suppress(Exception):
+                    retrying(self.client.delete_run, run_id)
+
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise ConfigError(Problem("mlflow.experiment_name", f"the MLflow experiment {name!r} (id "
+                                      f"{found.experiment_id}) is deleted in {self.uri}; restore it (in the UI, or "
+                                      f"`mlflow experiments restore --experiment-id {found.experiment_id}`) or name "
+                                      f"another experiment"))
         if found is not None:
             for key, value in EXPERIMENT_KIND.items():
                 if found.tags.get(key) != value:  # untagged, or marked GenAI (by hand, or an older UI's guess)
@@ -204,8 +260,6 @@ class MlflowRun:
                                           f"set checkpoint.resume: false to start afresh")) from e
             run = None
         if run is None or run.info.lifecycle_stage == "deleted":
-            logger.warning("the MLflow run %s of the checkpoint is not in %s (deleted?); logging to a new run",
-                           run_id, self.uri)
             return None
         self._stored_params = dict(run.data.params)
         retrying(self.client.update_run, run_id, status="RUNNING")

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(10)  # where it shares a core with training (torch's threads), training goes first
     log_to_stderr()
     skip = {(k, s) for k, s in json.loads(Path(args.skip).read_text())} if args.skip else set()
-    sending = MetricSender(args.uri, args.run_id, Journal(args.journal), skip)
+    sending = MetricSender(args.uri, args.run_id, Journal(args.journal, args.run_id), skip)
     stopping = False
     while True:
         if not stopping:
