@@ -8,6 +8,7 @@ every resume must give), and one run killed at step 8. DVC is used where it is w
 a kill needs a process of its own; everything else trains in this process. The module's tests
 share one xdist worker, so that these states are built once."""
 
+import contextlib
 import json
 import os
 import pickle
@@ -56,6 +57,17 @@ class DyingDigits(DigitsTransformer):
         if at and self.global_step == int(at) and not os.path.exists("signalled"):
             open("signalled", "w").close()
             os.kill(os.getpid(), signal.SIGTERM)
+        at = os.environ.get("FILL_AT_STEP")  # another process fills the disk the run keeps its state on
+        if at and self.global_step == int(at) and not os.path.exists("filled"):
+            open("filled", "w").close()
+            fd = os.open(".kiwi-pipe-optim/filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, bytes(1 << 16)):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         return super().training_step(batch, batch_idx)
 
     def on_fit_end(self):
@@ -92,6 +104,13 @@ def histories(repo):
                               order_by=["attributes.start_time ASC"])
     return runs, {key: [(m.step, m.value) for m in sorted(client.get_metric_history(runs[-1].info.run_id, key),
                                                           key=lambda m: m.step)] for key in KEYS}
+
+
+def started_runs(repo):
+    if not (repo / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments(view_type=3)], run_view_type=3)
 
 
 def train_py(repo, **env):
@@ -415,3 +434,89 @@ def test_damaged_state_files_are_one_line_and_start_no_run(crashed, tmp_path, da
     one_line(result, expected)
     [run], _ = histories(repo)
     assert run.info.status == "RUNNING" and not (repo / "metrics.json").exists()
+
+
+@contextlib.contextmanager
+def mounted(path, *options):
+    """A real file system fault: ``mount OPTIONS path`` for the block (root only, else skipped)."""
+    done = subprocess.run(["mount", *options, str(path)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount here ({done.stderr.strip()[:200]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def state_on_tmpfs(repo, size):
+    """The repository's ``.kiwi-pipe-optim`` on a tmpfs of ``size``, its files copied in."""
+    state = repo / ".kiwi-pipe-optim"
+    kept = shutil.move(state, repo / "state-kept") if state.exists() else None
+    state.mkdir()
+    with mounted(state, "-t", "tmpfs", "-o", f"size={size}", "tmpfs"):
+        if kept:
+            shutil.copytree(kept, state, dirs_exist_ok=True)
+        yield state
+
+
+def test_a_disk_full_mid_run_fails_the_run_in_one_line_and_the_resume_is_clean(base, uninterrupted, tmp_path):
+    repo = copy(base, tmp_path)
+    with state_on_tmpfs(repo, "4m") as state:
+        full = stage_in_process(repo, FILL_AT_STEP="7")  # found at the next save, step 9
+        one_line(full, "No space left on device", code=1)
+        assert "journal kept" in full.stderr and not (repo / "metrics.json").exists()
+        [run], _ = histories(repo)
+        assert run.info.status == "FAILED"
+        (state / "filler").unlink()
+        resumed = stage_in_process(repo, FILL_AT_STEP="7")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from step 6" in resumed.stderr
+        assert_resumed(repo, run.info.run_id, 6, uninterrupted)
+
+
+def test_too_little_disk_for_a_checkpoint_is_refused_before_any_run(base, tmp_path):
+    repo = copy(base, tmp_path)
+    with state_on_tmpfs(repo, "256k"):
+        result = stage_in_process(repo)
+    one_line(result, "MiB free on the disk of '.kiwi-pipe-optim', where the run keeps its checkpoints and journal; "
+                     "it needs at least")
+    assert not started_runs(repo)
+
+
+@pytest.mark.parametrize("fault", ["read-only state", "plots a file", "metrics.json a directory",
+                                   "mlartifacts a file"])
+def test_a_path_the_run_cannot_write_is_refused_before_any_run(base, tmp_path, fault):
+    repo = copy(base, tmp_path)
+    with contextlib.ExitStack() as stack:
+        if fault == "read-only state":
+            state = repo / ".kiwi-pipe-optim"
+            state.mkdir(exist_ok=True)
+            stack.enter_context(mounted(state, "--bind", str(state)))
+            stack.enter_context(mounted(state, "-o", "remount,bind,ro"))
+            expected = "cannot write in '.kiwi-pipe-optim' (Read-only file system); make it writable"
+        elif fault == "plots a file":
+            shutil.rmtree(repo / "plots", ignore_errors=True)
+            (repo / "plots").write_text("")
+            expected = "'plots' is a file, where the run writes a directory; move or delete it"
+        elif fault == "metrics.json a directory":
+            (repo / "metrics.json").mkdir()
+            expected = "'metrics.json' is a directory, where the run writes a file; move or delete it"
+        else:
+            (repo / "mlartifacts").write_text("")
+            expected = "mlartifacts' is a file, where the run writes a directory"
+        result = stage_in_process(repo)
+    one_line(result, expected)
+    assert not started_runs(repo)
+
+
+def test_a_store_that_cannot_be_created_is_removed_not_left_half_migrated(base, tmp_path):
+    repo = copy(base, tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    with mounted(store, "-t", "tmpfs", "-o", "size=96k", "tmpfs"):
+        result = stage_in_process(repo, MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
+        listed = sorted(p.name for p in store.iterdir())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "MLFLOW_TRACKING_URI: cannot open an MLflow run" in result.stderr.strip().splitlines()[-1]
+    assert "mlflow.db" not in listed, listed

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, Problem, did_you_mean
@@ -106,3 +109,58 @@ def _built(flavor: Any, kwargs: dict[str, Any]) -> Any:
 def _refusal(flavor: Any, kwargs: dict[str, Any]) -> str | None:
     refused = _built(flavor, kwargs)
     return refused if isinstance(refused, str) else None
+
+
+# What a run writes, relative to its output directory: found unwritable before the MLflow run
+# starts, not after the whole run has trained.
+WRITTEN_DIRS = (".kiwi-pipe-optim", ".kiwi-pipe-optim/checkpoints", ".kiwi-pipe-optim/journal",
+                ".kiwi-pipe-optim/spool", "plots", "plots/lr")
+WRITTEN_FILES = ("metrics.json", "plots/loss.csv")
+STATE_SLACK_BYTES = 1 << 20  # the journal, the run's small files
+
+
+def check_outputs(out_dir: Path, model: Any, artifact_root: Path | None) -> None:
+    """Every directory the run writes can be written, no file stands where it writes a
+    directory (or the reverse), and the disk holds two checkpoints (the new one is written
+    beside the last). One line each.
+
+    Raises:
+        ConfigError: every path at fault, with what to do.
+    """
+    problems, refused = [], []
+    dirs = [out_dir / d for d in WRITTEN_DIRS] + ([artifact_root] if artifact_root is not None else [])
+    for path in dirs:
+        problem = None if any(r in path.parents for r in refused) else _writable_dir(path)  # one line a cause
+        if problem:
+            problems.append(Problem("", problem))
+            refused.append(path)
+    for path in (out_dir / f for f in WRITTEN_FILES):
+        if path.is_dir():
+            problems.append(Problem("", f"'{path}' is a directory, where the run writes a file; move or delete it"))
+    if not problems:
+        state = out_dir / WRITTEN_DIRS[0]
+        need = 2 * checkpoint_bytes(model) + STATE_SLACK_BYTES
+        free = shutil.disk_usage(state).free
+        if free < need:
+            problems.append(Problem("", f"only {free / 2**20:.1f} MiB free on the disk of '{state}', where the "
+                                    f"run keeps its checkpoints and journal; it needs at least {need / 2**20:.1f} "
+                                    f"MiB: free some space"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def checkpoint_bytes(model: Any) -> int:
+    """About what one checkpoint takes: the weights and two optimizer moments per weight."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _writable_dir(path: Path) -> str | None:
+    if path.exists() and not path.is_dir():
+        return f"'{path}' is a file, where the run writes a directory; move or delete it"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"cannot write in '{path}' ({e.strerror or e}); make it writable"
+    return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ...errors import ConfigError, Problem
-from ...files import write_atomically
+from ...files import write_atomically, write_failure
 from ...lint import report
 from ...logs import log_to_stderr
 from .. import lightning as kl
@@ -37,6 +37,7 @@ from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, discard, res
 from .outputs import discard_finished, restore_finished, write_outputs
 from .params import StageParams, load_stage_params
 from .preemption import Preempted
+from .preflight import check_outputs
 from .prepare import Prepared, prepare
 from .shown import already_shown
 from .tags import params_sha256, run_tags
@@ -96,6 +97,9 @@ def _execute(params: StageParams, params_path: Path, out_dir: Path) -> dict[str,
                        prepared.model_cls.__name__)
     if not rank_zero:
         return _train(prepared, out_dir, Journaled(None, set()), None)
+    uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
+    check_outputs(out_dir, prepared.model, None if is_remote(uri) or not params.mlflow.enabled
+                  else repository_root() / "mlartifacts")
     with contextlib.ExitStack() as stack:
         journaled = stack.enter_context(_opened_journal(out_dir, prepared.point))
         tracker = _open_tracker(stack, prepared, journaled, out_dir) if params.mlflow.enabled else None
@@ -315,6 +319,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the MLflow run is marked KILLED and no output was written", file=sys.stderr)
         return 130
+    except Exception as e:
+        failure = write_failure(e)
+        if failure is None:
+            raise
+        print(f"the run stopped: {failure}; its MLflow run is marked FAILED and its journal kept: make room (or "
+              f"make it writable) and run again to resume from its last checkpoint", file=sys.stderr)
+        return 1
     except SystemExit as e:
         if type(e).__name__ != "SIGTERMException":  # Lightning's, where it stops the fit itself (DDP)
             raise

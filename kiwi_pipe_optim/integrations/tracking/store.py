@@ -111,8 +111,15 @@ def client_for(uri: str) -> Any:
     db.parent.mkdir(parents=True, exist_ok=True)
     # bounded: a process that holds the lock for longer is stuck, and the run says so
     with FileLock(db.with_name(db.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
-        client = MlflowClient(tracking_uri=uri)
-        retrying(client.search_experiments, max_results=1)
+        new = not db.exists() or db.stat().st_size == 0
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            retrying(client.search_experiments, max_results=1)
+        except BaseException:
+            if new:  # half-migrated, it would break every later run: the next one creates it afresh
+                for leftover in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal")):
+                    leftover.unlink(missing_ok=True)
+            raise
     return client
 
 
