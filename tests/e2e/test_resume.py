@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -520,3 +521,32 @@ def test_a_store_that_cannot_be_created_is_removed_not_left_half_migrated(base, 
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "MLFLOW_TRACKING_URI: cannot open an MLflow run" in result.stderr.strip().splitlines()[-1]
     assert "mlflow.db" not in listed, listed
+
+
+def test_dvc_stopped_alone_does_not_train_the_same_params_twice(base, uninterrupted, tmp_path):
+    """SIGTERM to DVC's pid only: its stage goes on and finishes, but dvc.lock is not written.
+    The next `dvc repro` restores what that stage wrote rather than training again."""
+    import psutil
+
+    base_repo, expected = uninterrupted
+    repo = copy(base, tmp_path)
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (repo / ".kiwi-pipe-optim/checkpoints/train.run").exists():  # the MLflow run has started
+        assert time.monotonic() < deadline and dvc.poll() is None
+        time.sleep(0.05)
+    [stage] = [p for p in psutil.Process(dvc.pid).children(recursive=True) if p.cmdline()[-2:] == ["kiwi-optim", "train"]
+               or p.cmdline()[-1:] == ["train"]]
+    dvc.send_signal(signal.SIGTERM)
+    assert dvc.wait(timeout=30) != 0
+    stage.wait(timeout=120)  # it finished on its own
+    assert (repo / "metrics.json").exists() and "train" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+    again = sh(["dvc", "repro"], repo)
+    assert "its outputs are restored and nothing trains again" in again.stderr
+    runs, curves = histories(repo)
+    assert [r.info.status for r in runs] == ["FINISHED"] and curves == expected
+    for name in PLOTS:
+        assert (repo / name).read_text() == (base_repo / name).read_text()
+    assert "Stage 'train' didn't change" in sh(["dvc", "repro"], repo).stdout

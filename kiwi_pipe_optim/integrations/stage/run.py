@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -34,7 +35,8 @@ from ..tracking.run import TrackingError
 from ..tracking.store import check_reachable, flatten, is_remote, repository_root, tracking_uri
 from .callback import stage_callback
 from .checkpoint import CHECKPOINT_FILE, Checkpointer, ResumePoint, discard, restore_loader, run_defining
-from .outputs import discard_finished, restore_finished, write_outputs
+from .outputs import FINISHED_DIR, discard_finished, restore_finished, write_outputs
+from .parent import dvc_process, is_gone
 from .params import StageParams, load_stage_params
 from .preemption import Preempted
 from .preflight import check_outputs
@@ -67,6 +69,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
             every line names the file, the line where known, and the dotted field.
     """
     quiet_lightning()
+    dvc = dvc_process()
     params = load_stage_params(params_path, section)
     try:
         metrics = _execute(params, Path(params_path), Path(out_dir))
@@ -74,9 +77,13 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
         if e.source:
             raise
         raise e.with_source(str(params_path), params.lines) from None
-    # Everything is final: the record that would stand in for a run killed in the last
-    # milliseconds of its exit is no longer needed.
-    if is_rank_zero():
+    if not is_rank_zero():
+        return metrics
+    if is_gone(dvc):
+        logger.warning("DVC, which ran this stage, has stopped, so it cannot record these outputs in dvc.lock; "
+                       "they are kept in %s, and the next `dvc repro` restores them instead of training again",
+                       Path(out_dir) / FINISHED_DIR)
+    else:  # final: the record that would stand in for a run killed in the last milliseconds of its exit
         discard_finished(Path(out_dir))
     return metrics
 
@@ -88,7 +95,8 @@ def _execute(params: StageParams, params_path: Path, out_dir: Path) -> dict[str,
            emit=lambda finding: logger.warning("%s", finding.located(str(params_path), params.lines)))
     rank_zero = is_rank_zero()
     if rank_zero:
-        finished = restore_finished(out_dir, params_sha256(run_defining(params.raw)))
+        digest = _run_digest(prepared)
+        finished = restore_finished(out_dir, digest)
         if finished is not None:
             return _close_finished(finished, params, out_dir)
     if kl.attach_config(prepared.model, params.optimizer, prepared.plan):
@@ -96,14 +104,14 @@ def _execute(params: StageParams, params_path: Path, out_dir: Path) -> dict[str,
                        "to refine ours instead, derive from kiwi_pipe_optim.integrations.lightning.KiwiOptimizers",
                        prepared.model_cls.__name__)
     if not rank_zero:
-        return _train(prepared, out_dir, Journaled(None, set()), None)
+        return _train(prepared, out_dir, Journaled(None, set()), None, "")
     uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
     check_outputs(out_dir, prepared.model, None if is_remote(uri) or not params.mlflow.enabled
                   else repository_root() / "mlartifacts")
     with contextlib.ExitStack() as stack:
         journaled = stack.enter_context(_opened_journal(out_dir, prepared.point))
         tracker = _open_tracker(stack, prepared, journaled, out_dir) if params.mlflow.enabled else None
-        metrics = _train(prepared, out_dir, journaled, tracker)
+        metrics = _train(prepared, out_dir, journaled, tracker, digest)
     journaled.journal.delete()  # FINISHED: MLflow holds every value, the outputs are written
     return metrics
 
@@ -229,7 +237,17 @@ def _replace_interrupted(marker: Path, interrupted: str | None, tracker: Any) ->
     write_atomically(marker, tracker.run_id)
 
 
-def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any) -> dict[str, Any]:
+def _run_digest(prepared: Prepared) -> str:
+    """What a finished record stands for: the run-defining params and the source of the user's
+    model and data classes, so that a module changed since then trains again."""
+    digest = hashlib.sha256(params_sha256(run_defining(prepared.params.raw)).encode())
+    for cls in (prepared.model_cls, type(prepared.data)):
+        with contextlib.suppress(TypeError, OSError):  # a class without a source file
+            digest.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
+    return digest.hexdigest()
+
+
+def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any, digest: str) -> dict[str, Any]:
     """Fit, then write the outputs (rank 0); the logger's buffer is journaled whatever happens."""
     params, trainer, point = prepared.params, prepared.trainer, prepared.point
     if point is not None:
@@ -249,7 +267,7 @@ def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any
         if not is_rank_zero():
             return {"steps": trainer.global_step}
         run_logger.persist()
-        record = {"params": params_sha256(run_defining(params.raw)), "run_id": tracker.run_id if tracker else None}
+        record = {"params": digest, "run_id": tracker.run_id if tracker else None}
         metrics = write_outputs(out_dir, journaled.journal, trainer.global_step, trainer.current_epoch,
                                 recorder.seconds, params.plots.max_points, record)
         discard(out_dir / CHECKPOINT_FILE)  # finished: the next run starts afresh
