@@ -58,6 +58,7 @@ class DyingDigits(DigitsTransformer):
         if at and self.global_step == int(at) and not os.path.exists("signalled"):
             open("signalled", "w").close()
             os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(float(os.environ.get("STEP_SLEEP_S", "0")))
         at = os.environ.get("FILL_AT_STEP")  # another process fills the disk the run keeps its state on
         if at and self.global_step == int(at) and not os.path.exists("filled"):
             open("filled", "w").close()
@@ -550,3 +551,21 @@ def test_dvc_stopped_alone_does_not_train_the_same_params_twice(base, uninterrup
     for name in PLOTS:
         assert (repo / name).read_text() == (base_repo / name).read_text()
     assert "Stage 'train' didn't change" in sh(["dvc", "repro"], repo).stdout
+
+
+def test_a_second_run_in_the_same_workspace_is_refused_and_the_first_finishes(base, uninterrupted, tmp_path):
+    repo = copy(base, tmp_path)
+    first = subprocess.Popen([sys.executable, "stages/train.py"], cwd=repo, env=tool_env(STEP_SLEEP_S="0.3"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (repo / ".kiwi-pipe-optim/checkpoints/train.run").exists():
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    second = stage_in_process(repo)
+    assert first.poll() is None  # refused while the first was training
+    one_line(second, f"another run of this stage (pid {first.pid}) is in progress in this workspace; wait for it, "
+                     f"or stop that process, and run again")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and "Traceback" not in err, err[-3000:]
+    runs, curves = histories(repo)
+    assert [r.info.status for r in runs] == ["FINISHED"] and curves == uninterrupted[1]

@@ -11,16 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-Process = tuple[int, str]  # pid and start time: a pid alone may be reused
+from ...processes import Process, is_gone, stat
 
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    """The parent pid and start time of ``pid`` (Linux's /proc; None elsewhere or when gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), fields[19]
+__all__ = ["Process", "dvc_process", "is_gone"]
 
 
 def _is_dvc(pid: int) -> bool:
@@ -37,18 +30,11 @@ def dvc_process() -> Process | None:
         return None
     pid = os.getppid()
     for _ in range(8):  # DVC, its shell, a wrapper or two
-        stat = _stat(pid)
-        if stat is None or pid <= 1:
+        found = stat(pid)
+        if found is None or pid <= 1:
             return None
         if _is_dvc(pid):
-            return pid, stat[1]
-        pid = stat[0]
+            return pid, found[1]
+        pid = found[0]
     return None
 
-
-def is_gone(process: Process | None) -> bool:
-    """Whether ``process`` has exited (a pid now used by another process counts as exited)."""
-    if process is None:
-        return False
-    stat = _stat(process[0])
-    return stat is None or stat[1] != process[1]

@@ -141,7 +141,7 @@ def _opened_journal(out_dir: Path, point: ResumePoint | None) -> Iterator[Journa
         try:
             lock_fd = held.enter_context(journal_lock(path))
         except TimeoutError as e:
-            raise ConfigError(Problem("checkpoint", f"{e}; stop that process and run again")) from None
+            raise ConfigError(Problem("", f"{e}; wait for it, or stop that process, and run again")) from None
         if point is None:
             Journal.remove(path)
             yield Journaled(Journal(path), set(), lock_fd)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...files import write_atomically
+from ...processes import Process, is_gone, this
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
@@ -258,8 +259,11 @@ def journal_lock(journal_path: Path, timeout_s: float = 600.0) -> Iterator[int]:
     interrupted run to finish sending. A sender started meanwhile gets a copy of the fd, so the
     lock stays held until it too has exited.
 
+    The lock file names the process that took it: held while that process lives, it is a
+    second run of the stage in the same workspace, refused at once rather than waited for.
+
     Raises:
-        TimeoutError: it was still held after ``timeout_s``.
+        TimeoutError: it was still held after ``timeout_s``, or is held by a run in progress.
     """
     import fcntl
 
@@ -274,12 +278,25 @@ def journal_lock(journal_path: Path, timeout_s: float = 600.0) -> Iterator[int]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _holder(fd)
+                if holder is not None and not is_gone(holder):
+                    raise TimeoutError(f"another run of this stage (pid {holder[0]}) is in progress in this "
+                                       f"workspace") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"'{path}' is still held by the MLflow sender of an earlier run") from None
                 if not said:
                     logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled")
                     said = True
                 time.sleep(0.05)
+        me = this(os.getpid())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{me[0]} {me[1]}\n".encode() if me else b"", 0)
         yield fd
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> Process | None:
+    """The process a lock file names."""
+    parts = os.pread(fd, 100, 0).split()
+    return (int(parts[0]), parts[1].decode()) if len(parts) == 2 and parts[0].isdigit() else None
