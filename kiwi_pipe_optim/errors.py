@@ -69,8 +69,7 @@ class ConfigError(ValueError):
         lines = []
         for problem in self.problems:
             prefix = ""
-            # an environment variable, or a path on disk (no field), is not in the file
-            if self.source and problem.path and not problem.path.isupper():
+            if self.source and not problem.path.isupper():  # an environment variable is not in the file
                 prefix = f"{self.source}:{problem.line}: " if problem.line else f"{self.source}: "
             lines.append(prefix + str(problem))
         return "\n".join(lines)

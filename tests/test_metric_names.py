@@ -62,3 +62,18 @@ def test_a_module_logging_a_refused_name_keeps_every_value(sqlite_uri, tmp_path,
     lr_key = next(key for key in run.data.metrics if key.startswith("lr/"))
     for key in ("acc_1", "fine", lr_key):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(6)), key
+
+
+def test_params_and_tags_mlflow_refuses_are_mapped_and_the_others_kept(sqlite_uri, caplog):
+    from kiwi_pipe_optim.integrations.tracking.run import MlflowRun
+
+    caplog.set_level(logging.WARNING, "kiwi_pipe_optim")
+    with MlflowRun(sqlite_uri, "names", "run", {"team?": "a", "ok": "b"}) as run:
+        run.log_params({"data.init_args.path (raw)": "x", "optimizer.learning_rate": "0.1", "long": "v" * 7000})
+        run.set_tags({"team?": "again", "note": "n" * 9000})
+    stored = MlflowClient(sqlite_uri).get_run(run.run_id).data
+    assert stored.params["data.init_args.path _raw_"] == "x" and stored.params["optimizer.learning_rate"] == "0.1"
+    assert len(stored.params["long"]) == 6000 and len(stored.tags["note"]) == 8000
+    assert stored.tags["team_"] == "again" and stored.tags["ok"] == "b"
+    said = [r.getMessage() for r in caplog.records if "is not a name MLflow takes" in r.getMessage()]
+    assert sorted(s.split(" ")[0] for s in said) == ["param", "tag"]  # each once

@@ -130,23 +130,23 @@ def check_outputs(out_dir: Path, model: Any, artifact_root: Path | None) -> None
     problems, refused = [], []
     dirs = [out_dir / d for d in WRITTEN_DIRS] + ([artifact_root] if artifact_root is not None else [])
     for path in dirs:
-        problem = None if any(r in path.parents for r in refused) else _writable_dir(path)  # one line a cause
-        if problem:
+        problem = _writable_dir(path)
+        if problem and problem not in refused:  # one line a cause: a file at 'plots' refuses 'plots/lr' too
             problems.append(Problem("", problem))
-            refused.append(path)
+            refused.append(problem)
     for path in (out_dir / f for f in WRITTEN_FILES):
         if path.is_dir():
             problems.append(Problem("", f"'{path}' is a directory, where the run writes a file; move or delete it"))
     if not problems:
         state = out_dir / WRITTEN_DIRS[0]
         need = 2 * checkpoint_bytes(model) + STATE_SLACK_BYTES
-        free = shutil.disk_usage(state).free
+        free = shutil.disk_usage(state if state.exists() else out_dir).free
         if free < need:
             problems.append(Problem("", f"only {free / 2**20:.1f} MiB free on the disk of '{state}', where the "
                                     f"run keeps its checkpoints and journal; it needs at least {need / 2**20:.1f} "
                                     f"MiB: free some space"))
     if problems:
-        raise ConfigError(problems)
+        raise PathsRefused(problems)
 
 
 def checkpoint_bytes(model: Any) -> int:
@@ -155,12 +155,20 @@ def checkpoint_bytes(model: Any) -> int:
 
 
 def _writable_dir(path: Path) -> str | None:
-    if path.exists() and not path.is_dir():
-        return f"'{path}' is a file, where the run writes a directory; move or delete it"
+    """Whether the run can make and write ``path``, tried in it or in its nearest existing
+    parent: nothing is created that a refused run would leave behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"'{existing}' is a file, where the run writes a directory; move or delete it"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        return f"cannot write in '{path}' ({e.strerror or e}); make it writable"
+        return f"cannot write in '{existing}' ({e.strerror or e}); make it writable"
     return None
+
+
+class PathsRefused(ConfigError):
+    """Paths on disk, not fields of the params file: shown without its name."""

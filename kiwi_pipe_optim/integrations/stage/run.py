@@ -39,7 +39,7 @@ from .outputs import FINISHED_DIR, discard_finished, restore_finished, write_out
 from .parent import dvc_process, is_gone
 from .params import StageParams, load_stage_params
 from .preemption import Preempted
-from .preflight import check_outputs
+from .preflight import PathsRefused, check_outputs
 from .prepare import Prepared, prepare
 from .shown import already_shown
 from .tags import params_sha256, run_tags
@@ -74,7 +74,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
     try:
         metrics = _execute(params, Path(params_path), Path(out_dir))
     except ConfigError as e:
-        if e.source:
+        if e.source or isinstance(e, PathsRefused):
             raise
         raise e.with_source(str(params_path), params.lines) from None
     if not is_rank_zero():

@@ -1,4 +1,4 @@
-"""Metric names as MLflow takes them, decided before a value is journaled.
+"""Metric, param and tag names as MLflow takes them, decided before anything is sent.
 
 MLflow refuses a whole batch (up to 1,000 values) for one name it does not take, and only when
 the batch is sent: at the end of a run, that is every value after the last send. A name is
@@ -37,9 +37,11 @@ def allowed_name(name: str) -> str:
 
 
 class NameMap:
-    """Each logged name mapped once; a mapped one said once, as a warning."""
+    """Each logged name mapped once; a mapped one said once, as a warning. ``kind``: what is
+    named (metric, param, tag), for that warning."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "metric") -> None:
+        self.kind = kind
         self._names: dict[str, str] = {}
 
     def __call__(self, name: str) -> str:
@@ -47,5 +49,5 @@ class NameMap:
         if found is None:
             found = self._names[name] = allowed_name(name)
             if found != name:
-                logger.warning("metric %r is not a name MLflow takes (%s): logged as %r", name, RULE, found)
+                logger.warning("%s %r is not a name MLflow takes (%s): logged as %r", self.kind, name, RULE, found)
         return found

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 from ...errors import ConfigError, Problem
 from .journal import RECORD, Journal
 from .spool import write_spool
-from .store import client_for, retrying
+from .names import NameMap
+from .store import MAX_PARAM_LENGTH, client_for, retrying
 from .transport import MAX_PARAMS_PER_BATCH, SERVER_DOWN_STATUS, MetricSender, tolerating_down
 
 logger = logging.getLogger("kiwi_pipe_optim")
@@ -34,6 +35,7 @@ logger = logging.getLogger("kiwi_pipe_optim")
 # experiment on its runs table; one with it (3.17) follows the switch alone, which `kiwi-optim ui` sets.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 CLI_NAME = "kiwi-optim"
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value
 
 
 def source_name(argv: list[str] | None = None) -> str:
@@ -108,6 +110,7 @@ class MlflowRun:
                  resume_run_id: str | None = None, journal: Journal | None = None,
                  already_sent: set[tuple[str, int]] | None = frozenset(), lock_fd: int | None = None):
         self.uri = uri
+        self._param_names, self._tag_names = NameMap("param"), NameMap("tag")  # one refused name refuses a batch
         self.client = client_for(uri)
         self.experiment_id = self._experiment(experiment, artifact_root)
         # Values a resumed run sent after its checkpoint, which it logs again: not sent twice.
@@ -115,7 +118,8 @@ class MlflowRun:
         self._stored_params: dict[str, str] = {}
         run = self._reopen(resume_run_id, tags) if resume_run_id else None
         if run is None:
-            run = retrying(self.client.create_run, self.experiment_id, run_name=run_name, tags=dict(tags))
+            run = retrying(self.client.create_run, self.experiment_id, run_name=run_name,
+                           tags={self._tag_names(k): str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()})
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self._owns_journal = journal is None
@@ -278,6 +282,7 @@ class MlflowRun:
             logger.info("the interrupted MLflow run %s could not be closed (%s)", run_id, str(e).splitlines()[0][:120])
 
     def log_params(self, params: Mapping[str, str]) -> None:
+        params = {self._param_names(k): v[:MAX_PARAM_LENGTH] for k, v in params.items()}
         for key in [k for k in params if k in self._stored_params]:
             if self._stored_params[key] != params[key]:  # MLflow refuses to change a param
                 logger.warning("param %s of the resumed run stays %r (now %r)", key, self._stored_params[key], params[key])
@@ -298,7 +303,7 @@ class MlflowRun:
     def set_tags(self, tags: Mapping[str, str], run_id: str | None = None) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(self._tag_names(k), str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             retrying(self.client.log_batch, run_id or self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
