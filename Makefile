@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # other install replaces it): install the build you want there first.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test test-fast browser
+.PHONY: setup run test test-fast browser postgres
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -31,7 +31,14 @@ browser:
 # run several processes at once, each stay on one worker (their xdist_group).
 PYTEST := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
 
-test: setup browser
+# The team-server tests start Debian's PostgreSQL in a temporary directory; install it when missing.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else echo "the team-server tests need Debian's postgresql: sudo apt-get install postgresql" >&2; exit 1; fi; }
+
+test: setup browser postgres
 	$(PYTEST)
 
 test-fast: setup

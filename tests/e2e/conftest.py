@@ -122,11 +122,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
-    """A real ``mlflow server`` on 127.0.0.1 over a sqlite store, up and answering /health."""
+def start_mlflow_server(store: Path | str, port: int, cwd: Path, *options: str, workers: int = 1) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1 over a sqlite store (a path) or a database URI, up
+    and answering /health."""
+    backend = store if isinstance(store, str) else f"sqlite:///{store}"
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers), *options],
         # without MLflow's job runner (7 more processes, none of them used by a tracking server)
         cwd=cwd, env=tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
