@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM (what SLURM and Kubernetes send before they kill) or a first Ctrl-C stops
+"""Preemption: SIGTERM (what SLURM and Kubernetes send before they kill), SLURM's SIGUSR1 or a first Ctrl-C stops
 the run at the next optimizer step boundary, with a checkpoint of that step.
 
 The stop is taken where the stage's periodic checkpoints are saved (the end of a training batch
@@ -16,7 +16,9 @@ import threading
 from types import FrameType
 from typing import Any
 
-NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+# SIGUSR1: what SLURM sends ahead of a pre-emption or time limit (`--signal=USR1@90`); the handler
+# installed before ours (Lightning's SLURM requeue) is still called for it.
+NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGUSR1: "SIGUSR1"}
 
 
 class Preempted(SystemExit):
@@ -58,3 +60,6 @@ class StopRequest:
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum = signum
+        previous = self._previous.get(signum)
+        if signum == signal.SIGUSR1 and callable(previous):
+            previous(signum, frame)

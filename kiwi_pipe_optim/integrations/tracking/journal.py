@@ -32,6 +32,7 @@ class JournalDamaged(ValueError):
     """A journal file that cannot be what this module wrote."""
 
 
+PROGRESS_S = 10.0  # a line this often while a resume waits for the sender of the killed run
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier timestamp is no time a run logged at
 RECORD = np.dtype([("key", "<i4"), ("step", "<i8"), ("value", "<f8"), ("timestamp", "<i8")])
 Value = tuple[str, float, int, int]  # key, value, timestamp (ms), step: MLflow's Metric order
@@ -272,7 +273,7 @@ def journal_lock(journal_path: Path, timeout_s: float = 600.0) -> Iterator[int]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout_s
-        said = False
+        said = 0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -284,9 +285,11 @@ def journal_lock(journal_path: Path, timeout_s: float = 600.0) -> Iterator[int]:
                                        f"workspace") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"'{path}' is still held by the MLflow sender of an earlier run") from None
-                if not said:
-                    logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled")
-                    said = True
+                waited = time.monotonic() - deadline + timeout_s
+                if waited >= said * PROGRESS_S:  # at once, then every PROGRESS_S
+                    logger.info("waiting for the MLflow sender of the interrupted run to send what it journaled "
+                                "(%.0f s so far, at most %.0f s)", waited, timeout_s)
+                    said += 1
                 time.sleep(0.05)
         me = this(os.getpid())
         os.ftruncate(fd, 0)
