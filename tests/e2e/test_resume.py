@@ -563,6 +563,7 @@ def test_a_second_run_in_the_same_workspace_is_refused_and_the_first_finishes(ba
         time.sleep(0.05)
     second = stage_in_process(repo)
     assert first.poll() is None  # refused while the first was training
+    assert second.stderr.strip().splitlines()[-1].startswith("another run")  # no params file named
     one_line(second, f"another run of this stage (pid {first.pid}) is in progress in this workspace; wait for it, "
                      f"or stop that process, and run again")
     _, err = first.communicate(timeout=300)

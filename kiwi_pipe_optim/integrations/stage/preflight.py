@@ -146,7 +146,7 @@ def check_outputs(out_dir: Path, model: Any, artifact_root: Path | None) -> None
                                     f"run keeps its checkpoints and journal; it needs at least {need / 2**20:.1f} "
                                     f"MiB: free some space"))
     if problems:
-        raise PathsRefused(problems)
+        raise WorkspaceError(problems)
 
 
 def checkpoint_bytes(model: Any) -> int:
@@ -170,5 +170,6 @@ def _writable_dir(path: Path) -> str | None:
     return None
 
 
-class PathsRefused(ConfigError):
-    """Paths on disk, not fields of the params file: shown without its name."""
+class WorkspaceError(ConfigError):
+    """What is wrong in the workspace (its paths, a run already in it), not in a field of the
+    params file: shown without the file's name."""

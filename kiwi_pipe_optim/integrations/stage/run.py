@@ -39,7 +39,7 @@ from .outputs import FINISHED_DIR, discard_finished, restore_finished, write_out
 from .parent import dvc_process, is_gone
 from .params import StageParams, load_stage_params
 from .preemption import Preempted
-from .preflight import PathsRefused, check_outputs
+from .preflight import WorkspaceError, check_outputs
 from .prepare import Prepared, prepare
 from .shown import already_shown
 from .tags import params_sha256, run_tags
@@ -74,7 +74,7 @@ def run(params_path: str | Path = "params.yaml", out_dir: str | Path = ".", sect
     try:
         metrics = _execute(params, Path(params_path), Path(out_dir))
     except ConfigError as e:
-        if e.source or isinstance(e, PathsRefused):
+        if e.source or isinstance(e, WorkspaceError):
             raise
         raise e.with_source(str(params_path), params.lines) from None
     if not is_rank_zero():
@@ -141,7 +141,7 @@ def _opened_journal(out_dir: Path, point: ResumePoint | None) -> Iterator[Journa
         try:
             lock_fd = held.enter_context(journal_lock(path))
         except TimeoutError as e:
-            raise ConfigError(Problem("", f"{e}; wait for it, or stop that process, and run again")) from None
+            raise WorkspaceError(Problem("", f"{e}; wait for it, or stop that process, and run again")) from None
         if point is None:
             Journal.remove(path)
             yield Journaled(Journal(path), set(), lock_fd)
@@ -278,19 +278,27 @@ def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any
 
 
 def _close_finished(record: dict[str, Any], params: StageParams, out_dir: Path) -> dict[str, Any]:
-    """A run that finished, killed on its way out: its outputs are back; end its MLflow run."""
-    logger.info("the last run finished but was killed before it could exit; its outputs are restored and "
+    """A run of these params that finished, but that DVC did not record (killed on its way out,
+    or DVC stopped meanwhile): its outputs are back; end its MLflow run."""
+    logger.info("the last run of these params finished, but DVC did not record it; its outputs are restored and "
                 "nothing trains again")
     if params.mlflow.enabled and record.get("run_id"):
         from ..tracking.run import MlflowRun
 
         uri = tracking_uri(params.mlflow.tracking_uri, repository_root())
         path = out_dir / JOURNAL_FILE
-        with journal_lock(path) as lock_fd:  # once its sender, if still sending, is done
-            journal = Journal(path)  # what it had not sent yet, if anything
-            MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
-                      journal=journal, lock_fd=lock_fd).end("FINISHED")
-            journal.delete()
+        try:
+            with journal_lock(path) as lock_fd:  # once its sender, if still sending, is done
+                try:
+                    journal: Journal | None = Journal(path)  # what it had not sent yet, if anything
+                except JournalDamaged as e:
+                    logger.warning("%s; the values it had not sent yet, if any, are not sent", e)
+                    journal = None
+                MlflowRun(uri, params.mlflow.experiment_name, None, {}, resume_run_id=record["run_id"],
+                          journal=journal, lock_fd=lock_fd).end("FINISHED")
+                Journal.remove(path)
+        except TimeoutError as e:
+            raise WorkspaceError(Problem("", f"{e}; wait for it, or stop that process, and run again")) from None
     discard(out_dir / CHECKPOINT_FILE)
     (out_dir / RUN_MARKER).unlink(missing_ok=True)
     return record["metrics"]
