@@ -5,7 +5,6 @@ import contextlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.servers import free_port  # noqa: F401 (re-exported: the tests import it from here)
 from tests.conftest import BIN, ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
@@ -114,12 +114,6 @@ def repo_factory(tmp_path):
         return make_repo(tmp_path / name, params)
 
     return factory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_server(store: Path | str, port: int, cwd: Path, *options: str, workers: int = 1) -> subprocess.Popen:

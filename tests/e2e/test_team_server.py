@@ -6,19 +6,15 @@ once, every run ends FINISHED, the artifacts go through the server's proxy.
 PostgreSQL is Debian's, started here in a temporary directory as its non-root user, on
 127.0.0.1 and a free port, and stopped at the end."""
 
-import glob
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.e2e.conftest import free_port, make_repo, start_mlflow_server, stop_server, tool_env
+from tests.e2e.servers import Postgres, pg_tool
 
 # many training processes at once: alone on one xdist worker, not beside another test's processes
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("serial")]
@@ -42,48 +38,10 @@ class SlowDigits(DigitsTransformer):
 '''
 
 
-def pg_tool(name):
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
-    if found is None:
-        pytest.skip("PostgreSQL is not installed (`make test` installs Debian's postgresql)")
-    return found
-
-
-class Postgres:
-    """One PostgreSQL cluster in a temporary directory, run as the `postgres` user when this is root."""
-
-    def __init__(self):
-        self.where = Path(tempfile.mkdtemp(prefix="kiwi-pg-"))
-        self.port = free_port()
-        self.data, self.log = self.where / "data", self.where / "server.log"
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.where, "postgres")
-        self.uri = f"postgresql+psycopg://kiwi@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args):
-        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
-
-    def _ctl(self, *args):
-        self._run(pg_tool("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", *args, "-o",
-                  f"-p {self.port} -k {self.where} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
-
-    def start(self):
-        self._run(pg_tool("initdb"), "-D", str(self.data), "-U", "kiwi", "-A", "trust", "--no-sync")
-        self._ctl("start")
-
-    def restart(self):
-        self._ctl("-m", "immediate", "restart")  # as a crashed database comes back: no clean shutdown
-
-    def stop(self):
-        self._ctl("-m", "fast", "stop")
-        shutil.rmtree(self.where, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    pg_tool("initdb")
+    if pg_tool("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (`make test` installs Debian's postgresql)")
     server = Postgres()
     server.start()
     yield server
