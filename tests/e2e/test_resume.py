@@ -464,10 +464,11 @@ def state_on_tmpfs(repo, size):
 
 def test_a_disk_full_mid_run_fails_the_run_in_one_line_and_the_resume_is_clean(base, uninterrupted, tmp_path):
     repo = copy(base, tmp_path)
+    (repo / "metrics.json").write_text('{"kept": true}\n')  # the last good run's, as `kiwi-optim train` leaves it
     with state_on_tmpfs(repo, "4m") as state:
         full = stage_in_process(repo, FILL_AT_STEP="7")  # found at the next save, step 9
         one_line(full, "No space left on device", code=1)
-        assert "journal kept" in full.stderr and not (repo / "metrics.json").exists()
+        assert "journal kept" in full.stderr and (repo / "metrics.json").read_text() == '{"kept": true}\n'
         [run], _ = histories(repo)
         assert run.info.status == "FAILED"
         (state / "filler").unlink()
@@ -479,8 +480,10 @@ def test_a_disk_full_mid_run_fails_the_run_in_one_line_and_the_resume_is_clean(b
 
 def test_too_little_disk_for_a_checkpoint_is_refused_before_any_run(base, tmp_path):
     repo = copy(base, tmp_path)
+    (repo / "metrics.json").write_text('{"kept": true}\n')
     with state_on_tmpfs(repo, "256k"):
         result = stage_in_process(repo)
+    assert (repo / "metrics.json").read_text() == '{"kept": true}\n'
     one_line(result, "MiB free on the disk of '.kiwi-pipe-optim', where the run keeps its checkpoints and journal; "
                      "it needs at least")
     assert not started_runs(repo)
