@@ -540,8 +540,8 @@ def test_dvc_stopped_alone_does_not_train_the_same_params_twice(base, uninterrup
     while not (repo / ".kiwi-pipe-optim/checkpoints/train.run").exists():  # the MLflow run has started
         assert time.monotonic() < deadline and dvc.poll() is None
         time.sleep(0.05)
-    [stage] = [p for p in psutil.Process(dvc.pid).children(recursive=True) if p.cmdline()[-2:] == ["kiwi-optim", "train"]
-               or p.cmdline()[-1:] == ["train"]]
+    [stage] = [p for p in psutil.Process(dvc.pid).children(recursive=True)
+               if p.cmdline()[-2:] == ["kiwi-optim", "train"] or p.cmdline()[-1:] == ["train"]]
     dvc.send_signal(signal.SIGTERM)
     assert dvc.wait(timeout=30) != 0
     stage.wait(timeout=120)  # it finished on its own

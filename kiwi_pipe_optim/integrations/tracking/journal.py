@@ -28,6 +28,7 @@ from ...processes import Process, is_gone, this
 
 logger = logging.getLogger("kiwi_pipe_optim")
 
+
 class JournalDamaged(ValueError):
     """A journal file that cannot be what this module wrote."""
 
