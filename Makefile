@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -W ignore -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
 	$(BIN)/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
-	$(BIN)/pip install -c $(VENV)/torch-constraint.txt -e ".[stage,test]"
+	$(BIN)/pip install -c $(VENV)/torch-constraint.txt -e ".[all,test]"
 	touch $@
 
 run: setup

@@ -13,6 +13,7 @@ EXTRAS = {
     "mlflow": (("mlflow",), ("filelock",)),
     "stage": (("lightning", "pytorch_lightning"), ("mlflow",), ("filelock",), ("dvc",), ("matplotlib",), ("rich",)),
 }
+EXTRAS["sweep"] = (*EXTRAS["stage"], ("optuna",))
 
 
 class MissingExtra(ImportError):

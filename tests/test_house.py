@@ -1,6 +1,6 @@
 """The package's layout promises, read from its source with ``ast``: no import cycle anywhere
 (module-level, in functions and under ``TYPE_CHECKING`` alike), layers that import only
-downwards (core <- tracking <- lightning <- stage <- cli), a core that needs only torch and
+downwards (core <- tracking, study <- lightning <- stage <- sweep <- cli), a core that needs only torch and
 pydantic, short functions in the stage, the import paths the README shows, and schedule or
 optimizer behaviour decided by the registries, never by comparing names."""
 
@@ -19,7 +19,7 @@ PACKAGE = ROOT / "kiwi_pipe_optim"
 NAME = "kiwi_pipe_optim"
 HEAVY = ("lightning", "pytorch_lightning", "mlflow", "dvc", "matplotlib")
 # Each layer may import its own and the layers below; examples are user code, on Lightning only.
-RANKS = {"core": 0, "tracking": 1, "lightning": 2, "examples": 3, "stage": 3, "cli": 4}
+RANKS = {"core": 0, "tracking": 1, "study": 1, "lightning": 2, "examples": 3, "stage": 3, "sweep": 4, "cli": 5}
 README_SHIMS = {f"{NAME}.integrations.logger", f"{NAME}.integrations.resumable",
                 f"{NAME}.integrations.pytorch_lightning"}  # the last: LightningCLI's class paths
 

@@ -18,7 +18,7 @@ from ..config import SECTION
 from ..errors import ConfigError
 from ..extras import MissingExtra
 from ..params_file import read_params
-from . import check, init, preview, runs, train, ui
+from . import check, init, preview, runs, sweep, train, ui
 from .check import EXIT_INVALID
 
 SECTION_OPTION = {"default": SECTION, "help": "where the optimizer section is, dotted: OpenKiwi's files keep it at "
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     previewing.add_argument("--max-points", type=int, default=5000, help="rows of the CSV at most (default 5000)")
     previewing.set_defaults(run=preview.preview)
 
-    schema = sub.add_parser("schema", help="JSON Schema of the params file, for editors")
+    schema = sub.add_parser("schema", help="JSON Schema of the params file (or of the sweep file), for editors")
     schema.add_argument("-o", "--output", help="write it here instead of stdout")
+    schema.add_argument("--sweep", action="store_true", help="the schema of sweep.yaml instead")
     schema.set_defaults(run=check.schema)
 
     groups = sub.add_parser("groups", help="which parameter goes to which group, with its LR and weight decay")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init.register(sub)
     train.register(sub)
+    sweep.register(sub)
     ui.register(sub)
 
     listing = sub.add_parser("list", help="list the optimizers and schedules")

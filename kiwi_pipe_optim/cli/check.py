@@ -73,9 +73,12 @@ def listing(args: argparse.Namespace) -> int:
 
 
 def schema(args: argparse.Namespace) -> int:
-    from ..integrations.stage.params import params_schema
+    if getattr(args, "sweep", False):
+        from ..integrations.sweep.spec import sweep_schema as make
+    else:
+        from ..integrations.stage.params import params_schema as make
 
-    text = json.dumps(params_schema(), indent=2) + "\n"
+    text = json.dumps(make(), indent=2) + "\n"
     if args.output:
         write_atomically(Path(args.output), text)
     else:

@@ -49,6 +49,15 @@ class Postgres:
         self._run(str(pg_tool("initdb")), "-D", str(self.data), "-U", "kiwi", "-A", "trust", "--no-sync")
         self._ctl("start")
 
+    def database(self, name: str) -> str:
+        """A new database of this cluster (an Optuna study beside MLflow's tables, whose
+        migrations share one table name); its ``postgresql://`` URL."""
+        import psycopg
+
+        with psycopg.connect(f"postgresql://kiwi@127.0.0.1:{self.port}/postgres", autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://kiwi@127.0.0.1:{self.port}/{name}"
+
     def restart(self):
         self._ctl("-m", "immediate", "restart")  # as a crashed database comes back: no clean shutdown
 

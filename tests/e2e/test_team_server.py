@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import free_port, make_repo, start_mlflow_server, stop_server, tool_env
+from tests.e2e.conftest import BIN, free_port, make_repo, sh, start_mlflow_server, stop_server, tool_env
 from tests.e2e.servers import Postgres, pg_tool
 
 # many training processes at once: alone on one xdist worker, not beside another test's processes
@@ -120,3 +120,44 @@ def test_postgresql_restarted_in_the_middle_of_four_runs_loses_and_doubles_nothi
         for key, count in {"lr/default": 20, "lr/encoder": 20, "train_loss": 20, "val_loss": 4, "val_acc": 4}.items():
             logged = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(logged) == len(set(logged)) == count, (run.info.run_name, key, sorted(logged))
+
+
+def test_two_clones_share_one_postgresql_study_and_one_tracking_server(postgres, team_server, tmp_path):
+    """Workers on two machines (two clones of one repository) run one study: PostgreSQL holds it,
+    the team server holds the runs. Each trial runs exactly once, in one of the clones."""
+    import optuna
+    import yaml
+
+    from kiwi_pipe_optim.integrations.study.storage import normalized
+
+    uri, _ = team_server
+    storage = postgres.database("optuna")
+    origin = make_repo(tmp_path / "origin", {"mlflow": {"experiment_name": "swept"}})
+    (origin / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "team", "metric": "val_loss", "trials": 4, "seed": 3, "pruner": "none",
+        "space": {"optimizer.learning_rate": {"log_uniform": [1.0e-3, 1.0e-1]}}}))
+    sh(["git", "add", "sweep.yaml"], origin)
+    sh(["git", "commit", "-q", "-m", "sweep"], origin)
+    clones = []
+    for name in ("a", "b"):
+        sh(["git", "clone", "-q", str(origin), str(tmp_path / name)], tmp_path)
+        clones.append(tmp_path / name)
+    workers = [subprocess.Popen([str(BIN / "kiwi-optim"), "sweep", "--storage", storage], cwd=clone,
+                                env=tool_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for clone in clones]
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0 and "Traceback" not in out, out[-3000:]
+
+    trials = optuna.load_study(study_name="team", storage=normalized(storage)).get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    ran = [set(sh(["git", "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps/"], clone).stdout.split())
+           for clone in clones]
+    assert ran[0] | ran[1] == {f"team-{n}" for n in range(4)} and not ran[0] & ran[1]  # each trial once
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("swept").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kiwi.sweep") == "team"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" and r.info.artifact_uri.startswith("mlflow-artifacts:") for r in children)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

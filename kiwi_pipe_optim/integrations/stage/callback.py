@@ -26,17 +26,19 @@ class StageHooks:
     """What the stage does at Lightning's hooks; :func:`stage_callback` makes it a ``Callback``.
 
     ``tracker``: the MLflow run the resolved schedule is logged to at the start of training
-    (``None`` with MLflow off, and on every rank but 0).
+    (``None`` with MLflow off, and on every rank but 0). ``trial``: the sweep's trial this run
+    is (:class:`..study.trial.TrialLink`), told the metric at every validation.
     """
 
     def __init__(self, recorder: StepRecorder, checkpointer: Checkpointer, config: OptimizerConfig,
-                 assignment: list[Assignment], tracker: Any = None):
+                 assignment: list[Assignment], tracker: Any = None, trial: Any = None):
         super().__init__()
         self.recorder = recorder
         self.checkpointer = checkpointer
         self.config = config
         self.assignment = assignment
         self.tracker = tracker
+        self.trial = trial
         self.stop = StopRequest()
         self._stop_at: int | None = None  # the step saved for a stop, ended at the next batch's start
 
@@ -75,6 +77,10 @@ class StageHooks:
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self.recorder.on_validation_start(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.trial is not None and not trainer.sanity_checking and self.trial.after_validation(trainer):
+            trainer.should_stop = True  # pruned: the fit ends as at its last step, and the outputs are written
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.recorder.on_before_optimizer_step(trainer, pl_module, optimizer)
@@ -122,5 +128,5 @@ def callback_class(flavor: ModuleType) -> type:
 
 
 def stage_callback(flavor: ModuleType, recorder: StepRecorder, checkpointer: Checkpointer, config: OptimizerConfig,
-                   assignment: list[Assignment], tracker: Any = None) -> Any:
-    return callback_class(flavor)(recorder, checkpointer, config, assignment, tracker)
+                   assignment: list[Assignment], tracker: Any = None, trial: Any = None) -> Any:
+    return callback_class(flavor)(recorder, checkpointer, config, assignment, tracker, trial)

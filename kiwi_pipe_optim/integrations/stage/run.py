@@ -30,6 +30,7 @@ from ...logs import log_to_stderr
 from .. import lightning as kl
 from ..lightning.logger import kiwi_logger
 from ..lightning.quiet import quiet_lightning
+from ..study.trial import TrialLink
 from ..tracking.journal import Journal, JournalDamaged, journal_lock, rewind
 from ..tracking.run import TrackingError
 from ..tracking.store import check_reachable, flatten, is_remote, repository_root, tracking_uri
@@ -253,13 +254,16 @@ def _train(prepared: Prepared, out_dir: Path, journaled: Journaled, tracker: Any
     if point is not None:
         logger.info("resuming from step %d of %s", point.step, point.path)
     recorder = kl.StepRecorder()
+    trial = TrialLink.from_env(is_rank_zero())
+    if trial is not None and tracker is not None:
+        trial.link_run(tracker.run_id)
     run_logger = kiwi_logger(prepared.flavor, journal=journaled.journal, tracker=tracker,
                              flush_interval_s=params.mlflow.flush_interval_s, sender=params.mlflow.sender)
     saver = Checkpointer(out_dir / CHECKPOINT_FILE, params.checkpoint.every_n_steps, run_defining(params.raw),
                          params.optimizer, run_id=tracker.run_id if tracker else None, modes=recorder.modes)
     trainer.loggers = [run_logger]
     trainer.callbacks.append(stage_callback(prepared.flavor, recorder, saver, params.optimizer,
-                                            prepared.plan.assignment, tracker))
+                                            prepared.plan.assignment, tracker, trial))
     try:
         _fit(trainer, prepared, point)
         if trainer.interrupted:

@@ -16,6 +16,7 @@ from ...config import OptimizerConfig
 from ...optimizers import implementation_of
 from ...param_groups import Assignment, table
 from ...resolve import ResolvedSchedule
+from ..study.trial import sweep_tags
 from ..tracking.run import source_tags
 
 
@@ -34,7 +35,7 @@ def _version(dist: str) -> str:
 
 def run_tags(raw: Mapping[str, Any], flavor: ModuleType) -> dict[str, str]:
     """MLflow's source tags (``kiwi-optim train`` or the stage's script, the user, the git
-    commit), the versions, and the DVC experiment, if any."""
+    commit), the versions, the DVC experiment and the sweep's trial, if any."""
     tags = {
         **source_tags(),
         "params.sha256": params_sha256(raw),
@@ -48,6 +49,7 @@ def run_tags(raw: Mapping[str, Any], flavor: ModuleType) -> dict[str, str]:
                      ("DVC_STAGE", "dvc.stage")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
+    tags.update(sweep_tags())
     return tags
 
 

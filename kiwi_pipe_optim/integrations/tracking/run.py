@@ -92,6 +92,34 @@ class TrackingError(RuntimeError):
     """MLflow refused what a run sent; the message says where the values are kept."""
 
 
+def ensure_experiment(client: Any, uri: str, name: str, artifact_root: Path | None) -> str:
+    """The id of the MLflow experiment ``name``, created (with its artifacts under
+    ``artifact_root`` for a local store) if need be, and marked as model development, not GenAI.
+
+    Raises:
+        ConfigError: the experiment is deleted.
+    """
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(Problem("mlflow.experiment_name", f"the MLflow experiment {name!r} (id "
+                                  f"{found.experiment_id}) is deleted in {uri}; restore it (in the UI, or "
+                                  f"`mlflow experiments restore --experiment-id {found.experiment_id}`) or name "
+                                  f"another experiment"))
+    if found is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if found.tags.get(key) != value:  # untagged, or marked GenAI (by hand, or an older UI's guess)
+                retrying(client.set_experiment_tag, found.experiment_id, key, value)
+        return found.experiment_id
+    location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    except Exception:  # another process created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class MlflowRun:
     """One MLflow run fed from a :class:`~.journal.Journal`: what is in the journal and not yet
     in MLflow is sent in batches.
@@ -228,25 +256,7 @@ class MlflowRun:
                     retrying(self.client.delete_run, run_id)
 
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None and found.lifecycle_stage == "deleted":
-            raise ConfigError(Problem("mlflow.experiment_name", f"the MLflow experiment {name!r} (id "
-                                      f"{found.experiment_id}) is deleted in {self.uri}; restore it (in the UI, or "
-                                      f"`mlflow experiments restore --experiment-id {found.experiment_id}`) or name "
-                                      f"another experiment"))
-        if found is not None:
-            for key, value in EXPERIMENT_KIND.items():
-                if found.tags.get(key) != value:  # untagged, or marked GenAI (by hand, or an older UI's guess)
-                    retrying(self.client.set_experiment_tag, found.experiment_id, key, value)
-            return found.experiment_id
-        location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
-        except Exception:  # another process created it first
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        return ensure_experiment(self.client, self.uri, name, artifact_root)
 
     def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
         """The crashed run to go on logging into; None only if it is truly gone from the store.
