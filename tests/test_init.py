@@ -57,6 +57,9 @@ def test_init_adds_stages_params_and_ignores_and_keeps_the_users_own(repo):
     assert {"/.kiwi-pipe-optim/", "/mlflow.db", "/mlflow.db.lock", "/mlartifacts/"} <= set(
         (repo / ".gitignore").read_text().splitlines())
     assert "next: " in out and "dvc repro" in out
+    from kiwi_pipe_optim.integrations.sweep.spec import load_sweep
+
+    assert load_sweep(repo / "sweep.yaml", repo / "params.yaml").name == "lr-search"  # a study ready to run
     template = (repo / ".dvc" / "plots" / "kiwi-lr.json").read_text()
     assert '"scale": {"zero": true, "padding": 20}' in template and '"zero": false' not in template
 

@@ -306,6 +306,9 @@ def init_repository(args: argparse.Namespace) -> int:
         root / ".dvcignore": _merged_lines(root / ".dvcignore", DVC_IGNORED, "byte-code must not make a stage "
                                            "look changed", report),
     }
+    if not (root / "sweep.yaml").exists():
+        writes[root / "sweep.yaml"] = resources.files("kiwi_pipe_optim").joinpath("templates/sweep.yaml").read_text()
+        report.append("sweep.yaml: a study of the learning rate and warm-up (kiwi-optim sweep)")
     if not (root / ".dvc").is_dir():
         _dvc(root, "init", "-q")
         report.append(".dvc/: dvc init")

@@ -126,64 +126,47 @@ def test_a_pruned_trial_keeps_its_experiment_and_whole_outputs(tmp_path):
     assert all(len(line.split(",")) == len(curve[0].split(",")) for line in curve)
 
 
-def test_a_driver_killed_mid_sweep_goes_on_when_run_again(tmp_path):
-    repo = sweep_repo(tmp_path / "repo", "killed", 2)
-    log = open(tmp_path / "first.log", "w+")
-    driver = subprocess.Popen([str(BIN / "kiwi-optim"), "sweep"], cwd=repo, env=tool_env(), stdout=log,
-                              stderr=subprocess.STDOUT)
+def _running(repo, name, number, started):
+    """Trial ``number`` once its stage has opened its MLflow run, and that stage's pid."""
+    journal = repo / ".kiwi-pipe-optim" / "sweeps" / f"{name}.journal"
     deadline = time.time() + 240
-    while "trial 0 (killed-0):" not in (tmp_path / "first.log").read_text():
-        assert driver.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
-        time.sleep(0.2)
-    time.sleep(2)  # trial 0's `dvc exp run` is under way
-    os.kill(driver.pid, signal.SIGKILL)
+    while True:
+        assert started.poll() is None and time.time() < deadline, "the sweep ended before trial %d ran" % number
+        trials = study_of(repo, name).get_trials() if journal.exists() else []
+        if len(trials) > number and "kiwi.mlflow_run_id" in trials[number].user_attrs:
+            copy = trials[number].user_attrs["kiwi.workspace_copy"]  # the trial's own clone of the workspace
+            stages = subprocess.run(["pgrep", "-f", "kiwi-optim train"], capture_output=True, text=True).stdout.split()
+            mine = [int(p) for p in stages if _cwd(p).startswith(copy)]
+            if mine:
+                return trials[number], mine[0]
+        time.sleep(0.1)
+
+
+def test_a_killed_trial_and_a_killed_driver_lose_nothing_and_run_nothing_twice(tmp_path):
+    """SIGKILL to trial 0's stage: it is failed, its MLflow run KILLED, its values asked again as
+    trial 1. Then SIGKILL to the driver during trial 1, and the same command again: it waits for
+    trial 1's `dvc exp run`, takes its result, runs trial 2, and the study ends with its 2 trials."""
+    repo = sweep_repo(tmp_path / "repo", "killed", 2)
+    driver = subprocess.Popen([str(BIN / "kiwi-optim"), "sweep"], cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    first, stage = _running(repo, "killed", 0, driver)
+    os.kill(stage, signal.SIGKILL)
+    retry, _ = _running(repo, "killed", 1, driver)
+    os.kill(driver.pid, signal.SIGKILL)  # trial 1's `dvc exp run` goes on, orphaned
     driver.wait()
 
     again = sh(["kiwi-optim", "sweep"], repo, timeout=600)
     assert "left by a driver that stopped" in again.stderr, again.stderr
     trials = study_of(repo, "killed").get_trials()
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 2 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], again.stderr
+    assert trials[1].user_attrs["kiwi.retry_of"] == 0 and trials[1].params == first.params
     names = [t.user_attrs["kiwi.dvc_exp"] for t in trials]
-    assert len(set(names)) == len(names)  # no trial number ran twice
-    assert {t.user_attrs["kiwi.dvc_exp"] for t in finished} <= set(experiments(repo))
-    _, runs = mlflow_runs(repo)
+    assert names == ["killed-0", "killed-1", "killed-2"]  # no trial number ran twice
+    exps = experiments(repo)
+    assert {"killed-1", "killed-2"} <= set(exps) and "killed-0" not in exps
+    client, runs = mlflow_runs(repo)
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = client.get_run(first.user_attrs["kiwi.mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["optuna.state"] == "FAIL"
     trial_runs = [r.data.tags["optuna.trial"] for r in runs if "optuna.trial" in r.data.tags]
-    assert len(trial_runs) == len(set(trial_runs))
-
-
-def test_a_killed_trial_is_failed_and_its_values_asked_again(tmp_path):
-    """SIGKILL to a trial's stage: its MLflow run is KILLED, its values run again under a new
-    number, and the study still ends with its trials."""
-    repo = sweep_repo(tmp_path / "repo", "crash", 1)
-    env = tool_env()
-    driver = subprocess.Popen([str(BIN / "kiwi-optim"), "sweep"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    killed = None
-    while killed is None:
-        assert driver.poll() is None and time.time() < deadline
-        if not (repo / ".kiwi-pipe-optim" / "sweeps" / "crash.journal").exists():
-            time.sleep(0.2)
-            continue
-        study = study_of(repo, "crash")
-        running = [t for t in study.get_trials() if t.state.name == "RUNNING" and "kiwi.mlflow_run_id" in t.user_attrs]
-        if running:  # the stage of trial 0 has opened its run: kill it
-            stage = subprocess.run(["pgrep", "-f", "kiwi-optim train"], capture_output=True, text=True).stdout.split()
-            copy = running[0].user_attrs["kiwi.workspace_copy"]  # the trial's own clone of the workspace
-            mine = [int(p) for p in stage if _cwd(p).startswith(copy)]
-            if mine:
-                os.kill(mine[0], signal.SIGKILL)
-                killed = running[0]
-        time.sleep(0.2)
-    out, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, out
-    trials = study_of(repo, "crash").get_trials()
-    assert trials[killed.number].state.name == "FAIL"
-    retried = [t for t in trials if t.user_attrs.get("kiwi.retry_of") == killed.number]
-    assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state.name == "COMPLETE"
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    client, _ = mlflow_runs(repo)
-    run = client.get_run(killed.user_attrs["kiwi.mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
+    assert sorted(trial_runs) == ["0", "1", "2"]

@@ -146,7 +146,13 @@ class Sweep:
         shown = ", ".join(f"{k}={cli_value(v)}" for k, v in values.items())
         self.say(f"trial {trial.number} ({name}): {shown}")
         started = time.time()
-        copy = copies.make(self.root, name, self.cache)
+        try:
+            copy = copies.make(self.root, name, self.cache)
+        except (OSError, RuntimeError) as e:  # a full disk, a git that refuses: this trial fails, said in one line
+            self.study.tell(trial.number, state=optuna_state("FAIL"))
+            self._failures.append(f"trial {trial.number}: its copy of the workspace could not be made ({e})")
+            self.say(self._failures[-1])
+            return Outcome(trial.number, "FAIL", note=str(e))
         trial.set_user_attr(ATTR_COPY, str(copy))
         try:
             with open(log_path, "wb") as log:
@@ -186,8 +192,6 @@ class Sweep:
     def settle(self, number: int, code: int | None, log_path: Path | None = None) -> Outcome:
         """Tell the study how trial ``number`` ended (``code``: its ``dvc exp run``'s status,
         None when it ran under a driver that stopped) and tag its MLflow run alike."""
-        from optuna.trial import TrialState
-
         frozen = self.study.get_trials(deepcopy=False)[number]
         attrs = frozen.user_attrs
         name = attrs.get(ATTR_EXP) or self.exp_name(number)
@@ -213,8 +217,7 @@ class Sweep:
             if outcome.state == "FAIL":
                 with contextlib.suppress(Exception):
                     self.storage.set_trial_user_attr(frozen._trial_id, ATTR_FAILURE, outcome.note[2:][:500])
-            state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}
-            self.study.tell(number, outcome.value, state=state[outcome.state], skip_if_finished=True)
+            self.study.tell(number, outcome.value, state=optuna_state(outcome.state), skip_if_finished=True)
             if retry:  # asked again under a new number: this one never runs twice
                 self.study.enqueue_trial(frozen.params, user_attrs={ATTR_RETRY_OF: number})
                 outcome.note += "; its values are asked again"
@@ -327,6 +330,12 @@ class Sweep:
         return 0
 
 
+def optuna_state(name: str) -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
 def experiment_ref(root: Path, name: str) -> str | None:
     """The git ref of the DVC experiment ``name``, if DVC recorded it."""
     listed = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=root,
@@ -394,6 +403,9 @@ def start(spec: SweepSpec, params_path: Path, storage: str | None, say: Callable
     url = storage or default_storage(root, spec.name)
     opened = open_storage(url)
     new = spec.name not in optuna.study.get_all_study_names(opened)
+    if new and not reopen:
+        raise ConfigError(Problem("name", f"no study {spec.name!r} in {url} yet; run `kiwi-optim sweep` first (with "
+                                  f"the same --storage)"))
     if new:
         taken = experiment_ref(root, f"{spec.name}-0")
         if taken is not None:
