@@ -212,7 +212,8 @@ class Sweep:
             outcome = Outcome(number, "FAIL", note=f": {why}")
         killed = (code is None or code < 0 or code in (130, 137, 143) or self.stopping.is_set()
                   or re.search(r"exited with -\d+", outcome.note))
-        retry = outcome.state == "FAIL" and bool(killed)  # a run that was stopped, not one that went wrong
+        # a run that was stopped before DVC recorded it, not one that went wrong (that would fail again)
+        retry = outcome.state == "FAIL" and ref is None and bool(killed)
         with self._lock:
             if outcome.state == "FAIL":
                 with contextlib.suppress(Exception):
