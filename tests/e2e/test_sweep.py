@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from tests.e2e.conftest import BIN, make_repo, sh, tool_env
 
-# each sweep runs up to two trials at once: one after the other on one xdist worker
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]
+# each sweep runs up to two trials at once: on the worker of the tests that must not share their CPU
+# (a server killed and restarted in seconds), never beside them
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("serial")]
 
 SPACE = {"optimizer.learning_rate": {"log_uniform": [1.0e-4, 1.0e-1]},
          "optimizer.class_name": {"choice": ["adamw", "muon"]},
