@@ -137,3 +137,29 @@ def test_workers_asking_at_once_never_exceed_the_trials(workspace):
     for t in threads:
         t.join()
     assert sorted(claimed) == [0, 1, 2, 3, 4]
+
+
+def test_a_stage_orphaned_by_its_shell_is_stopped_with_its_group():
+    """`sh -c` killed under a running command leaves the command running; ending the group stops it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from kiwi_pipe_optim import processes
+
+    shell = subprocess.Popen(["/bin/sh", "-c", "sleep 120; true"], start_new_session=True)
+    deadline = time.time() + 10
+    while not (children := subprocess.run(["pgrep", "-P", str(shell.pid)], capture_output=True,
+                                          text=True).stdout.split()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = processes.this(int(children[0]))
+    os.kill(shell.pid, signal.SIGKILL)
+    shell.wait()
+    assert not processes.is_gone(child)  # orphaned, still running
+    assert processes.end_group(shell.pid, grace_s=5)
+    deadline = time.time() + 10
+    while not processes.is_gone(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert processes.is_gone(child)
+    assert not processes.end_group(shell.pid)  # nothing left

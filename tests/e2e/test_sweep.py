@@ -58,6 +58,13 @@ def _cwd(pid):
         return ""
 
 
+def _is_python(pid):
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("python")
+    except OSError:
+        return False
+
+
 def test_six_trials_two_at_a_time(tmp_path):
     repo = sweep_repo(tmp_path / "repo", "lr-search", 6)
     done = sh(["kiwi-optim", "sweep", "-j", "2"], repo, timeout=600)
@@ -137,7 +144,7 @@ def _running(repo, name, number, started):
         if len(trials) > number and "kiwi.mlflow_run_id" in trials[number].user_attrs:
             copy = trials[number].user_attrs["kiwi.workspace_copy"]  # the trial's own clone of the workspace
             stages = subprocess.run(["pgrep", "-f", "kiwi-optim train"], capture_output=True, text=True).stdout.split()
-            mine = [int(p) for p in stages if _cwd(p).startswith(copy)]
+            mine = [int(p) for p in stages if _cwd(p).startswith(copy) and _is_python(p)]  # not `sh -c`
             if mine:
                 return trials[number], mine[0]
         time.sleep(0.1)
@@ -148,8 +155,9 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing_and_run_nothing_twice(t
     trial 1. Then SIGKILL to the driver during trial 1, and the same command again: it waits for
     trial 1's `dvc exp run`, takes its result, runs trial 2, and the study ends with its 2 trials."""
     repo = sweep_repo(tmp_path / "repo", "killed", 2)
-    driver = subprocess.Popen([str(BIN / "kiwi-optim"), "sweep"], cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # SHELL=/bin/sh: DVC runs the stage under a shell that stays its parent (dash does not exec)
+    driver = subprocess.Popen([str(BIN / "kiwi-optim"), "sweep"], cwd=repo, env=tool_env(SHELL="/bin/sh"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first, stage = _running(repo, "killed", 0, driver)
     os.kill(stage, signal.SIGKILL)
     retry, _ = _running(repo, "killed", 1, driver)

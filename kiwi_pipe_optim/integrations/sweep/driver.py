@@ -1,8 +1,10 @@
-"""Running a sweep: Optuna's ask and tell around ``dvc exp run --temp``, ``jobs`` at a time.
+"""Running a sweep: Optuna's ask and tell around ``dvc exp run``, ``jobs`` at a time.
 
-Each trial is a DVC experiment named ``<study>-<number>``, run in DVC's own temporary copy of
-the workspace with the trial's values as ``-S key=value``, so ``dvc exp show`` lists it and
-``dvc exp apply`` brings it back. Its MLflow run is a child of the sweep's parent run.
+Each trial is a DVC experiment named ``<study>-<number>``, run in its own copy of the workspace
+(:mod:`.copies`) with the trial's values as ``-S key=value``, so ``dvc exp show`` lists it and
+``dvc exp apply`` brings it back. Its MLflow run is a child of the sweep's parent run. Each
+``dvc exp run`` leads a process group of its own: what its stage leaves running once it exits
+is stopped before the copy goes.
 
 The study is the one record every worker trusts. A trial is claimed under a lock (so ``trials``
 is never exceeded, whatever the number of workers and machines) and carries who runs it: this
@@ -157,7 +159,7 @@ class Sweep:
         try:
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(self.command(name, values), cwd=copy, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             self._running[trial.number] = proc
             found = processes.this(proc.pid)
             if found:
@@ -169,6 +171,8 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     trial.set_user_attr(ATTR_HEARTBEAT, time.time())
             self._running.pop(trial.number, None)
+            if processes.end_group(proc.pid):
+                logger.info("trial %d: its stage outlived its dvc exp run and was stopped", trial.number)
             outcome = self.settle(trial.number, code, log_path)
         finally:
             self._running.pop(trial.number, None)
@@ -211,7 +215,7 @@ class Sweep:
             why = _last_line(log_path) if log_path and code is not None else "its run did not finish"
             outcome = Outcome(number, "FAIL", note=f": {why}")
         killed = (code is None or code < 0 or code in (130, 137, 143) or self.stopping.is_set()
-                  or re.search(r"exited with -\d+", outcome.note))
+                  or re.search(r"exited with (-\d+|130|137|143)\b", outcome.note))  # a signal, told directly or by a shell
         # a run that was stopped before DVC recorded it, not one that went wrong (that would fail again)
         retry = outcome.state == "FAIL" and ref is None and bool(killed)
         with self._lock:
@@ -265,6 +269,7 @@ class Sweep:
                          f"driver that stopped")
                 while not processes.is_gone(dvc):
                     time.sleep(0.5)
+                processes.end_group(dvc[0])  # seen alive just now: its group is still its own
             outcome = self.settle(frozen.number, None)
             copies.remove(Path(frozen.user_attrs[ATTR_COPY]) if frozen.user_attrs.get(ATTR_COPY) else None)
             value = "" if outcome.value is None else f" {self.spec.metric}={outcome.value:.6g}"
@@ -292,8 +297,8 @@ class Sweep:
         except KeyboardInterrupt:
             self.stopping.set()
             for proc in list(self._running.values()):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGINT)  # its own group: the terminal's Ctrl-C does not reach it
             for t in threads:
                 t.join()
             if self.parent is not None:
