@@ -11,20 +11,18 @@ from pathlib import Path
 Process = tuple[int, str]  # pid and start time
 
 
-def stat(pid: int) -> tuple[int, str] | None:
-    """The parent pid and start time of ``pid``; None when it is gone or unknown."""
+def _fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[1]), fields[19]
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+def stat(pid: int) -> tuple[int, str] | None:
+    """The parent pid and start time of ``pid``; None when it is gone or unknown."""
+    fields = _fields(pid)
+    return None if fields is None else (int(fields[1]), fields[19])
 
 
 def this(pid: int) -> Process | None:
@@ -36,8 +34,8 @@ def is_gone(process: Process | None) -> bool:
     """Whether ``process`` has exited (a pid now used by another process counts as exited)."""
     if process is None:
         return False
-    found = stat(process[0])
-    return found is None or found[1] != process[1] or _state(process[0]) == "Z"  # a zombie has exited
+    fields = _fields(process[0])
+    return fields is None or fields[19] != process[1] or fields[0] == "Z"  # a zombie has exited
 
 
 def end_group(pgid: int, grace_s: float = 30.0) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -40,8 +39,6 @@ from ..study.storage import ATTR_PARENT, claim_lock, open_storage
 from .study import cli_value, default_storage, load, suggest
 from ..study.trial import (ATTR_PRUNED, ATTR_RUN, ENV_METRIC, ENV_PARENT_RUN, ENV_STORAGE, ENV_STUDY, ENV_TRIAL_ID,
                     ENV_TRIAL_NUMBER)
-
-logger = logging.getLogger("kiwi_pipe_optim")
 
 ATTR_WORKER = "kiwi.worker"  # host:pid:start of the driver running the trial
 ATTR_DVC = "kiwi.dvc_process"  # pid:start of its `dvc exp run`
@@ -172,7 +169,8 @@ class Sweep:
                     trial.set_user_attr(ATTR_HEARTBEAT, time.time())
             self._running.pop(trial.number, None)
             if processes.end_group(proc.pid):
-                logger.info("trial %d: its stage outlived its dvc exp run and was stopped", trial.number)
+                self.say(f"trial {trial.number} ({name}): its stage outlived its dvc exp run (a shell that died "
+                         f"under it) and was stopped")
             outcome = self.settle(trial.number, code, log_path)
         finally:
             self._running.pop(trial.number, None)
@@ -215,7 +213,8 @@ class Sweep:
             why = _last_line(log_path) if log_path and code is not None else "its run did not finish"
             outcome = Outcome(number, "FAIL", note=f": {why}")
         killed = (code is None or code < 0 or code in (130, 137, 143) or self.stopping.is_set()
-                  or re.search(r"exited with (-\d+|130|137|143)\b", outcome.note))  # a signal, told directly or by a shell
+                  # a signal, told by DVC directly or through the shell it runs the stage in
+                  or re.search(r"exited with (-\d+|130|137|143)\b", outcome.note))
         # a run that was stopped before DVC recorded it, not one that went wrong (that would fail again)
         retry = outcome.state == "FAIL" and ref is None and bool(killed)
         with self._lock:
